@@ -1,0 +1,1 @@
+"""Channel-agnostic bot core of 小爱视频."""

@@ -1,0 +1,1 @@
+"""Our own Pyramid Flow inference, the job queue and the GPU worker."""

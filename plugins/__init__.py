@@ -1,0 +1,1 @@
+"""Chat plugins: video, quota/admin, help."""
