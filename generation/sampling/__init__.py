@@ -1,0 +1,1 @@
+"""Pyramid flow-matching sampling: stage schedules, block noise, the t2v/i2v loops."""

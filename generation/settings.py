@@ -1,0 +1,54 @@
+"""Typed settings of the generation area (the `generation:` section of config.yaml)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+ModelName = Literal["pyramid_flux", "pyramid_mmdit"]
+Variant = Literal["384p", "768p"]
+DType = Literal["auto", "bf16", "fp32", "fp16"]
+PlacementName = Literal["gpu", "model_offload", "sequential_offload"]
+AttentionBackend = Literal["auto", "sdpa", "math"]
+
+
+class GenerationSettings(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    # Checkpoint root holding diffusion_transformer_<variant>/, causal_video_vae/, text_encoder*/, tokenizer*/.
+    # None → the tiny random-weight demo model (output is labelled as such).
+    checkpoint: Path | None = None
+    model_name: ModelName | None = None  # detected from the checkpoint when None
+    variant: Variant = "384p"
+    dtype: DType = "auto"  # auto: bf16 on CUDA, fp32 on CPU
+    device: str = "auto"  # auto: cuda when available, else cpu
+    placement: PlacementName = "gpu"
+    vae_tiling: bool = True  # tiled VAE decode/encode (256 px tiles), as the reference's save_memory mode
+    stream_decode: bool = False  # decode each finished latent frame while later frames are generated
+    attention_backend: AttentionBackend = "auto"
+    bit_faithful_bf16: bool = True  # round latents/timesteps to the model dtype like the reference
+
+    # Sampling defaults (reference demo values).
+    num_inference_steps: tuple[int, int, int] = (20, 20, 20)
+    video_num_inference_steps: tuple[int, int, int] = (10, 10, 10)
+    i2v_num_inference_steps: tuple[int, int, int] = (10, 10, 10)
+    guidance_scale: float = Field(default=7.0, ge=0.0, le=30.0)
+    video_guidance_scale: float = Field(default=5.0, ge=0.0, le=30.0)
+    i2v_video_guidance_scale: float = Field(default=4.0, ge=0.0, le=30.0)
+    use_linear_guidance: bool = False
+    fps: int = 24
+
+    output_dir: Path = Path("var/videos")
+    negative_prompt: str | None = None  # None → the reference default negative prompt
+    prompt_suffix: str | None = None  # None → the reference suffix ", hyper quality, Ultra HD, 8K"
+    max_prompt_chars: int = 500
+    max_image_bytes: int = 20 * 1024 * 1024
+    max_image_pixels: int = 40_000_000
+
+    # Tiny random model used when no checkpoint is configured.
+    tiny_width: int = 128
+    tiny_height: int = 64
+    tiny_model_name: ModelName = "pyramid_flux"
+    tiny_seed: int = 0
