@@ -1,0 +1,1 @@
+"""Channel implementations: the local in-process channel and the WeChat (wechaty) adapter."""

@@ -1,0 +1,80 @@
+"""Turns one incoming message into at most one handler call, safely.
+
+Order: route → flood control → de-duplication by message id → admin check → handler. Any
+exception in a handler is logged with the user/message ids and answered with a short Chinese
+apology; it never propagates into the channel's receive loop.
+"""
+
+from __future__ import annotations
+
+import logging
+
+from bot.messages import Message
+from bot.plugin import CommandCall, PluginContext
+from bot.ratelimit import FloodControl, Verdict
+from bot.router import HINT_TEXT, RouteKind, Router
+
+log = logging.getLogger(__name__)
+
+ERROR_TEXT = "抱歉，小爱刚才出了点问题，请稍后再试。"
+ADMIN_ONLY_TEXT = "这个命令只有管理员可以使用。"
+
+
+class Dispatcher:
+    def __init__(self, *, ctx: PluginContext, router: Router, flood: FloodControl) -> None:
+        self._ctx = ctx
+        self._router = router
+        self._flood = flood
+
+    async def handle(self, message: Message) -> None:
+        ids = {"user_id": message.sender_id, "chat_id": message.chat_id, "message_id": message.message_id}
+        try:
+            await self._handle(message, ids)
+        except Exception:
+            log.exception(
+                "handler failed user=%s message=%s", message.sender_id, message.message_id, extra=ids
+            )
+            try:
+                await self._ctx.reply(message, ERROR_TEXT)
+            except Exception:
+                log.exception("could not send the error reply message=%s", message.message_id, extra=ids)
+
+    async def _handle(self, message: Message, ids: dict[str, str]) -> None:
+        route = self._router.route(message)
+        if route.kind is RouteKind.IGNORE:
+            log.debug("ignored (%s) message=%s", route.reason, message.message_id, extra=ids)
+            return
+        if route.kind is RouteKind.PASSIVE:
+            for plugin in self._ctx.registry.plugins:
+                if await plugin.on_message(self._ctx, message):
+                    return
+            return
+        verdict, text = self._flood.check(message.sender_id, message.chat_id)
+        if verdict is Verdict.WARN:
+            log.info("flood limit user=%s chat=%s", message.sender_id, message.chat_id, extra=ids)
+            await self._ctx.reply(message, text)
+            return
+        if verdict is Verdict.DROP:
+            return
+        if route.kind is RouteKind.HINT:
+            await self._ctx.reply(message, HINT_TEXT)
+            return
+        assert route.plugin is not None and route.spec is not None
+        spec = route.spec
+        if spec.dedupe and not self._ctx.queue.mark_seen(message.message_id):
+            log.info("duplicate message=%s /%s dropped", message.message_id, spec.name, extra=ids)
+            return
+        is_admin = self._ctx.permissions.message_from_admin(message)
+        if spec.admin_only and not is_admin:
+            log.warning(
+                "admin command /%s refused for user=%s (%s)",
+                spec.name,
+                message.sender_id,
+                message.sender_name,
+                extra=ids,
+            )
+            await self._ctx.reply(message, ADMIN_ONLY_TEXT)
+            return
+        call = CommandCall(message=message, command=spec.name, word=route.word, args=route.args, is_admin=is_admin)
+        log.info("command /%s user=%s message=%s", spec.name, message.sender_id, message.message_id, extra=ids)
+        await route.plugin.call(spec, self._ctx, call)

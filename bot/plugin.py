@@ -1,0 +1,178 @@
+"""Plugin registry.
+
+A plugin is ONE class in ONE module that declares, in one place: its name and description, the
+settings section it reads, and its commands (canonical name, aliases, usage, help text, whether
+admins only). Commands are methods marked with `@command(...)`; they receive the shared
+`PluginContext` (store, queue, settings, channel, clock, ...) and the parsed `CommandCall` as
+parameters, never through module globals.
+
+    class HelloPlugin(Plugin):
+        name = "hello"
+        description = "打个招呼"
+
+        @command("hello", aliases=("你好",), usage="/hello", help="打个招呼")
+        async def hello(self, ctx: PluginContext, call: CommandCall) -> None:
+            await ctx.reply(call.message, "你好！")
+"""
+
+from __future__ import annotations
+
+import logging
+import unicodedata
+from collections.abc import Awaitable, Callable, Iterable
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, ClassVar
+
+from bot.channel import Channel
+from bot.messages import Message, OutgoingText
+from bot.permissions import Permissions
+
+if TYPE_CHECKING:  # only for type hints: the objects are passed in by the app
+    from bot.settings import Settings
+
+log = logging.getLogger(__name__)
+
+Handler = Callable[[Any, "PluginContext", "CommandCall"], Awaitable[None]]
+
+
+def normalize_command_word(word: str) -> str:
+    """Full-width letters/digits and case do not matter: `／ＶＩＤＥＯ` == `/video`."""
+    return unicodedata.normalize("NFKC", word).strip().lower()
+
+
+@dataclass(frozen=True, slots=True)
+class CommandSpec:
+    name: str  # canonical, e.g. "video"
+    aliases: tuple[str, ...]  # other accepted words, e.g. ("视频",)
+    usage: str  # e.g. "/video [384p|768p] [5s|10s] [seed=N] 提示词"
+    help: str  # one Chinese line for /help
+    admin_only: bool = False
+    # True: the dispatcher drops a redelivered message id before calling the handler.
+    # The video command sets False because JobQueue.submit de-duplicates inside its transaction.
+    dedupe: bool = True
+    method: str = ""  # attribute name of the handler on the plugin class
+
+    @property
+    def words(self) -> tuple[str, ...]:
+        return (self.name, *self.aliases)
+
+
+@dataclass(frozen=True, slots=True)
+class CommandCall:
+    message: Message
+    command: str  # canonical name
+    word: str  # as the user typed it (normalized)
+    args: str  # text after the command word, stripped
+    is_admin: bool = False
+
+
+def command(
+    name: str,
+    *,
+    aliases: Iterable[str] = (),
+    usage: str,
+    help: str,
+    admin_only: bool = False,
+    dedupe: bool = True,
+) -> Callable[[Handler], Handler]:
+    """Mark a plugin method as the handler of a command."""
+
+    def mark(fn: Handler) -> Handler:
+        fn.__command_spec__ = CommandSpec(  # type: ignore[attr-defined]
+            name=normalize_command_word(name),
+            aliases=tuple(normalize_command_word(a) for a in aliases),
+            usage=usage,
+            help=help,
+            admin_only=admin_only,
+            dedupe=dedupe,
+            method=fn.__name__,
+        )
+        return fn
+
+    return mark
+
+
+class Plugin:
+    name: ClassVar[str] = ""
+    description: ClassVar[str] = ""
+    settings_section: ClassVar[str | None] = None  # attribute of Settings this plugin reads
+    commands: ClassVar[tuple[CommandSpec, ...]] = ()
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        specs: list[CommandSpec] = []
+        for attr in dir(cls):
+            spec = getattr(getattr(cls, attr, None), "__command_spec__", None)
+            if isinstance(spec, CommandSpec):
+                specs.append(spec)
+        cls.commands = tuple(sorted(specs, key=lambda s: s.name))
+
+    def section(self, ctx: PluginContext) -> Any:
+        """This plugin's own settings section (declared by `settings_section`)."""
+        if self.settings_section is None:
+            return None
+        return getattr(ctx.settings, self.settings_section)
+
+    async def on_message(self, ctx: PluginContext, message: Message) -> bool:
+        """Non-command messages (e.g. images). Return True when consumed."""
+        return False
+
+    async def call(self, spec: CommandSpec, ctx: PluginContext, call: CommandCall) -> None:
+        await getattr(self, spec.method)(ctx, call)
+
+
+@dataclass
+class PluginContext:
+    """Everything a handler may use, passed in by the app (no globals)."""
+
+    settings: Settings
+    channel: Channel
+    quota: Any  # bot.store.quota.QuotaBook
+    queue: Any  # generation.jobs.queue.JobQueue
+    clock: Callable[[], float]
+    permissions: Permissions
+    registry: PluginRegistry
+    pipeline: Any | None = None  # bot.prompts.PromptPipeline; identity when None
+    extras: dict[str, Any] = field(default_factory=dict)
+
+    async def reply(self, message: Message, text: str, *, mention: bool = True) -> None:
+        """Answer in the message's chat; in groups the sender is @-mentioned."""
+        mentions = (message.sender_id,) if (mention and message.is_group) else ()
+        if mentions:
+            text = f"@{message.sender_name} {text}"
+        await self.channel.send_text(OutgoingText(chat_id=message.chat_id, text=text, mention_ids=mentions))
+
+
+class PluginRegistry:
+    """Instantiates plugin classes and maps every command word to its plugin and spec."""
+
+    def __init__(self, plugin_classes: Iterable[type[Plugin]]) -> None:
+        self.plugins: list[Plugin] = []
+        self._words: dict[str, tuple[Plugin, CommandSpec]] = {}
+        for cls in plugin_classes:
+            if not cls.name:
+                raise ValueError(f"plugin {cls.__name__} has no name")
+            plugin = cls()
+            self.plugins.append(plugin)
+            for spec in cls.commands:
+                for word in spec.words:
+                    if word in self._words:
+                        other = self._words[word][0].name
+                        raise ValueError(f"command word /{word} declared by both {other} and {cls.name}")
+                    self._words[word] = (plugin, spec)
+
+    def check_settings(self, settings: Any) -> None:
+        for plugin in self.plugins:
+            section = plugin.settings_section
+            if section is not None and not hasattr(settings, section):
+                raise ValueError(f"plugin {plugin.name} needs settings section {section!r}")
+
+    def resolve(self, word: str) -> tuple[Plugin, CommandSpec] | None:
+        return self._words.get(normalize_command_word(word))
+
+    def words(self) -> list[str]:
+        return list(self._words)
+
+    def visible_commands(self, is_admin: bool) -> list[CommandSpec]:
+        specs = [spec for plugin in self.plugins for spec in plugin.commands]
+        return [s for s in specs if is_admin or not s.admin_only]
