@@ -79,7 +79,6 @@ class BotSettings(BaseModel):
     flood_chat_max: int = Field(default=30, ge=1)  # commands per chat per flood window
     flood_window_s: float = Field(default=60.0, gt=0)
     data_dir: Path = Path("var/data")  # incoming images are stored here
-    default_motion_prompt: str = "gentle natural motion, cinematic, smooth camera movement"
 
 
 class VideoSettings(BaseModel):
@@ -92,6 +91,8 @@ class VideoSettings(BaseModel):
     default_resolution: Resolution = "384p"
     default_duration_s: int = 5
     max_seed: int = Field(default=2**31 - 1, ge=0)
+    # used for image-to-video when the user gave no prompt
+    default_motion_prompt: str = "gentle natural motion, smooth camera movement, cinematic lighting"
 
     @model_validator(mode="after")
     def _defaults_are_allowed(self) -> VideoSettings:

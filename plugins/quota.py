@@ -1,0 +1,197 @@
+"""Quota plugin: `/quota` for everyone, and the admin commands that change quotas and bans.
+
+Admins are recognised by contact id only (`bot.admins`); the dispatcher refuses admin commands
+for everyone else before the handler runs, so nothing changes. The target user is given by
+@-mention (the channel's mention ids, never the display name) or by a contact id:
+
+  /设置额度 @张三 10 [原因]     /setquota wxid_abc 10
+  /加额度 @张三 5 [原因]        (negative numbers take units away)
+  /重置额度 @张三               back to the daily allowance
+  /封禁 @张三 [原因]  /解封 @张三
+  /流水 @张三                   the user's ledger rows
+  /审计                         latest admin actions
+
+Every change goes through QuotaBook, which writes the ledger row and the audit row.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+from datetime import datetime
+from zoneinfo import ZoneInfo
+
+from bot.plugin import CommandCall, Plugin, PluginContext, command
+from bot.timefmt import format_next_reset, local_day_start
+
+log = logging.getLogger(__name__)
+
+_MENTION_TOKEN = re.compile(r"@[^\s\u2005\u2006]+")
+_INT = re.compile(r"^[+-]?\d+$")
+KIND_TEXT = {"grant": "发放", "spend": "消耗", "refund": "退还", "adjust": "调整", "reset": "每日重置"}
+TARGET_HELP = "请 @ 要操作的群成员，或者填写对方的微信 ID。"
+
+
+class TargetError(ValueError):
+    pass
+
+
+def parse_target(ctx: PluginContext, call: CommandCall) -> tuple[str, list[str]]:
+    """(target contact id, remaining argument tokens)."""
+    mentions = [m for m in call.message.mentions if m != ctx.channel.bot_id]
+    if mentions:
+        rest = _MENTION_TOKEN.sub(" ", call.args).split()
+        return mentions[0], rest
+    tokens = call.args.split()
+    if not tokens or tokens[0].startswith("@"):
+        raise TargetError(TARGET_HELP)
+    return tokens[0], tokens[1:]
+
+
+def split_value(tokens: list[str]) -> tuple[int, str]:
+    """First integer token is the value; what follows is the reason."""
+    for i, tok in enumerate(tokens):
+        if _INT.match(tok):
+            return int(tok), " ".join(tokens[i + 1 :])
+    raise TargetError("请写上数量，例如：/设置额度 @张三 10")
+
+
+def _fmt_ts(ts: float, tz: str) -> str:
+    return datetime.fromtimestamp(ts, ZoneInfo(tz)).strftime("%m-%d %H:%M")
+
+
+class QuotaPlugin(Plugin):
+    name = "quota"
+    description = "额度查询与管理"
+    settings_section = "quota"
+
+    @command("quota", aliases=("额度",), usage="/额度", help="查看您的剩余额度、今日用量和重置时间")
+    async def quota(self, ctx: PluginContext, call: CommandCall) -> None:
+        message = call.message
+        user_id = message.sender_id
+        prefix = ""
+        if call.is_admin and call.args.strip():
+            try:
+                user_id, _ = parse_target(ctx, call)
+            except TargetError as err:
+                await ctx.reply(message, str(err))
+                return
+            prefix = f"用户 {user_id}："
+        else:
+            ctx.quota.ensure_user(user_id, message.chat_id if message.is_group else None)
+        settings = self.section(ctx)
+        now = ctx.clock()
+        day_start = local_day_start(now, settings.timezone)
+        spent = 0
+        for row in ctx.quota.history(user_id, limit=500):
+            if row.ts >= day_start and row.kind in ("spend", "refund"):
+                spent -= row.delta
+        reset = format_next_reset(now, settings.reset_time, settings.timezone)
+        lines = [
+            f"{prefix}剩余额度 {ctx.quota.balance(user_id)} 点，今日已用 {max(0, spent)} 点。",
+            f"额度将在{reset}重置。",
+            "费用：" + "；".join(
+                f"{res} {sec}秒 {units} 点" for res, table in settings.costs.items() for sec, units in table.items()
+            ),
+        ]
+        if ctx.quota.is_banned(user_id):
+            lines.append("（已被管理员暂停使用）")
+        await ctx.reply(message, "\n".join(lines))
+
+    @command("setquota", aliases=("设置额度",), usage="/设置额度 @用户 数量 [原因]", help="把用户额度设为指定值", admin_only=True)
+    async def set_quota(self, ctx: PluginContext, call: CommandCall) -> None:
+        try:
+            target, rest = parse_target(ctx, call)
+            value, reason = split_value(rest)
+        except TargetError as err:
+            await ctx.reply(call.message, str(err))
+            return
+        if value < 0:
+            await ctx.reply(call.message, "额度不能设为负数。")
+            return
+        ctx.quota.set_balance(call.message.sender_id, target, value, reason=reason)
+        log.info("admin %s set quota of %s to %s", call.message.sender_id, target, value)
+        await ctx.reply(call.message, f"已把 {target} 的额度设为 {ctx.quota.balance(target)} 点。")
+
+    @command("addquota", aliases=("加额度", "增加额度"), usage="/加额度 @用户 数量 [原因]", help="给用户增加（负数为扣减）额度", admin_only=True)
+    async def add_quota(self, ctx: PluginContext, call: CommandCall) -> None:
+        try:
+            target, rest = parse_target(ctx, call)
+            delta, reason = split_value(rest)
+        except TargetError as err:
+            await ctx.reply(call.message, str(err))
+            return
+        ctx.quota.add(call.message.sender_id, target, delta, reason=reason)
+        log.info("admin %s added %s to %s", call.message.sender_id, delta, target)
+        await ctx.reply(call.message, f"已为 {target} 调整 {delta:+d} 点，当前 {ctx.quota.balance(target)} 点。")
+
+    @command("resetquota", aliases=("重置额度",), usage="/重置额度 @用户", help="把用户额度恢复为每日额度", admin_only=True)
+    async def reset_quota(self, ctx: PluginContext, call: CommandCall) -> None:
+        try:
+            target, _ = parse_target(ctx, call)
+        except TargetError as err:
+            await ctx.reply(call.message, str(err))
+            return
+        ctx.quota.reset_user(call.message.sender_id, target)
+        log.info("admin %s reset quota of %s", call.message.sender_id, target)
+        await ctx.reply(call.message, f"已把 {target} 的额度恢复为 {ctx.quota.balance(target)} 点。")
+
+    @command("ban", aliases=("封禁",), usage="/封禁 @用户 [原因]", help="暂停用户使用视频生成", admin_only=True)
+    async def ban(self, ctx: PluginContext, call: CommandCall) -> None:
+        try:
+            target, rest = parse_target(ctx, call)
+        except TargetError as err:
+            await ctx.reply(call.message, str(err))
+            return
+        if ctx.permissions.is_admin(target):
+            await ctx.reply(call.message, "不能封禁管理员。")
+            return
+        ctx.quota.ban(call.message.sender_id, target, reason=" ".join(rest))
+        log.info("admin %s banned %s", call.message.sender_id, target)
+        await ctx.reply(call.message, f"已暂停 {target} 使用视频生成。")
+
+    @command("unban", aliases=("解封",), usage="/解封 @用户", help="恢复用户使用视频生成", admin_only=True)
+    async def unban(self, ctx: PluginContext, call: CommandCall) -> None:
+        try:
+            target, _ = parse_target(ctx, call)
+        except TargetError as err:
+            await ctx.reply(call.message, str(err))
+            return
+        ctx.quota.unban(call.message.sender_id, target)
+        log.info("admin %s unbanned %s", call.message.sender_id, target)
+        await ctx.reply(call.message, f"已恢复 {target} 使用视频生成。")
+
+    @command("ledger", aliases=("流水",), usage="/流水 @用户", help="查看用户的额度流水（每一笔增减）", admin_only=True)
+    async def ledger(self, ctx: PluginContext, call: CommandCall) -> None:
+        try:
+            target, _ = parse_target(ctx, call)
+        except TargetError as err:
+            await ctx.reply(call.message, str(err))
+            return
+        tz = self.section(ctx).timezone
+        rows = ctx.quota.history(target, limit=20)
+        if not rows:
+            await ctx.reply(call.message, f"{target} 还没有任何额度记录。")
+            return
+        lines = [f"{target} 的额度流水（最近 {len(rows)} 条）："]
+        for row in rows:
+            extra = f" 任务#{row.job_id}" if row.job_id else ""
+            actor = f" 由 {row.actor_id}" if row.actor_id else ""
+            reason = f" {row.reason}" if row.reason else ""
+            lines.append(
+                f"{_fmt_ts(row.ts, tz)} {KIND_TEXT.get(row.kind, row.kind)} {row.delta:+d} → {row.balance_after}"
+                f"{extra}{actor}{reason}"
+            )
+        await ctx.reply(call.message, "\n".join(lines))
+
+    @command("audit", aliases=("审计",), usage="/审计", help="查看最近的管理操作记录", admin_only=True)
+    async def audit(self, ctx: PluginContext, call: CommandCall) -> None:
+        tz = self.section(ctx).timezone
+        rows = ctx.quota.audit_log(10)
+        if not rows:
+            await ctx.reply(call.message, "还没有管理操作记录。")
+            return
+        lines = ["最近的管理操作："]
+        for row in rows:
+            lines.append(f"{_fmt_ts(row.ts, tz)} {row.actor_id} {row.action} {row.target_id} {row.detail}")
+        await ctx.reply(call.message, "\n".join(lines))
