@@ -1,0 +1,190 @@
+"""The one SQLite file: opening it, its schema, and the transaction helper everyone uses.
+
+Every process (the bot, the worker process, the worker's heartbeat thread) opens its own connection
+with `open_db`. Connections run in autocommit mode (`isolation_level=None`) with WAL and a busy
+timeout; multi-statement changes go through `transaction(db)`, which issues `BEGIN IMMEDIATE` so the
+write lock is taken up front and two writers can never interleave a read-check-write sequence.
+
+Writes inside a transaction use `db.execute(...)` with plain SQL, never sqlite-utils' table helpers:
+those wrap themselves in `with conn:` which would COMMIT our outer transaction half-way.
+"""
+
+from __future__ import annotations
+
+import logging
+import sqlite3
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import sqlite_utils
+
+log = logging.getLogger(__name__)
+
+SCHEMA_VERSION = 1
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS jobs (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    message_id TEXT NOT NULL UNIQUE,
+    user_id TEXT NOT NULL,
+    user_name TEXT NOT NULL DEFAULT '',
+    chat_id TEXT NOT NULL,
+    chat_kind TEXT NOT NULL,
+    group_id TEXT,
+    sched_group TEXT NOT NULL,
+    prompt TEXT NOT NULL,
+    final_prompt TEXT NOT NULL,
+    resolution TEXT NOT NULL,
+    duration_s INTEGER NOT NULL,
+    seed INTEGER NOT NULL,
+    image_path TEXT,
+    cost INTEGER NOT NULL,
+    state TEXT NOT NULL,
+    attempts INTEGER NOT NULL DEFAULT 0,
+    max_attempts INTEGER NOT NULL,
+    lease_owner TEXT,
+    lease_until REAL,
+    progress REAL NOT NULL DEFAULT 0,
+    progress_text TEXT NOT NULL DEFAULT '',
+    cancel_requested INTEGER NOT NULL DEFAULT 0,
+    error TEXT,
+    video_path TEXT,
+    cover_path TEXT,
+    label TEXT NOT NULL DEFAULT '',
+    seconds REAL,
+    created_at REAL NOT NULL,
+    started_at REAL,
+    finished_at REAL,
+    delivered_at REAL,
+    notified INTEGER NOT NULL DEFAULT 0,
+    delivery_attempts INTEGER NOT NULL DEFAULT 0,
+    next_delivery_at REAL,
+    delivery_error TEXT
+);
+CREATE INDEX IF NOT EXISTS jobs_state ON jobs (state, created_at);
+CREATE INDEX IF NOT EXISTS jobs_user ON jobs (user_id, created_at);
+CREATE INDEX IF NOT EXISTS jobs_user_started ON jobs (user_id, started_at);
+CREATE INDEX IF NOT EXISTS jobs_group_started ON jobs (sched_group, started_at);
+
+CREATE TABLE IF NOT EXISTS ledger (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    user_id TEXT NOT NULL,
+    group_id TEXT,
+    kind TEXT NOT NULL CHECK (kind IN ('grant', 'spend', 'refund', 'adjust', 'reset')),
+    delta INTEGER NOT NULL,
+    balance_after INTEGER NOT NULL,
+    job_id INTEGER,
+    actor_id TEXT,
+    reason TEXT NOT NULL DEFAULT '',
+    ts REAL NOT NULL
+);
+CREATE INDEX IF NOT EXISTS ledger_user ON ledger (user_id, id);
+CREATE UNIQUE INDEX IF NOT EXISTS ledger_job_once ON ledger (job_id, kind)
+    WHERE kind IN ('spend', 'refund') AND job_id IS NOT NULL;
+
+CREATE TABLE IF NOT EXISTS users (
+    user_id TEXT PRIMARY KEY,
+    group_id TEXT,
+    first_seen REAL NOT NULL,
+    last_seen REAL NOT NULL
+);
+
+CREATE TABLE IF NOT EXISTS audit (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    actor_id TEXT NOT NULL,
+    action TEXT NOT NULL,
+    target_id TEXT,
+    detail TEXT NOT NULL DEFAULT '{}',
+    ts REAL NOT NULL
+);
+
+CREATE TABLE IF NOT EXISTS bans (
+    user_id TEXT PRIMARY KEY,
+    actor_id TEXT NOT NULL,
+    reason TEXT NOT NULL DEFAULT '',
+    ts REAL NOT NULL
+);
+
+CREATE TABLE IF NOT EXISTS seen_messages (
+    message_id TEXT PRIMARY KEY,
+    job_id INTEGER,
+    outcome TEXT NOT NULL DEFAULT '',
+    ts REAL NOT NULL
+);
+
+CREATE TABLE IF NOT EXISTS meta (
+    key TEXT PRIMARY KEY,
+    value TEXT NOT NULL
+);
+"""
+
+_LOCK_ATTR = "_xiaoai_lock"
+
+
+def open_db(path: Path, *, busy_timeout_ms: int = 30_000) -> sqlite_utils.Database:
+    """Open (creating and migrating if needed) the shared SQLite file. Idempotent and safe to call
+    from several processes at once."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    conn = sqlite3.connect(
+        str(path), isolation_level=None, check_same_thread=False, timeout=busy_timeout_ms / 1000
+    )
+    conn.execute(f"PRAGMA busy_timeout = {int(busy_timeout_ms)}")
+    mode = conn.execute("PRAGMA journal_mode = WAL").fetchone()[0]
+    if str(mode).lower() != "wal":
+        log.warning("sqlite journal_mode is %s, not wal (path=%s)", mode, path)
+    conn.execute("PRAGMA synchronous = NORMAL")
+    conn.execute("PRAGMA foreign_keys = ON")
+    db = sqlite_utils.Database(conn)
+    setattr(db, _LOCK_ATTR, threading.RLock())
+    with transaction(db):
+        for statement in _split_statements(_SCHEMA):
+            db.execute(statement)
+        db.execute(
+            "INSERT OR IGNORE INTO meta (key, value) VALUES ('schema_version', ?)", [str(SCHEMA_VERSION)]
+        )
+    return db
+
+
+def _split_statements(script: str) -> list[str]:
+    return [s.strip() for s in script.split(";\n") if s.strip()]
+
+
+def db_lock(db: sqlite_utils.Database) -> threading.RLock:
+    """The per-connection lock: threads sharing one connection take turns for whole transactions."""
+    lock = getattr(db, _LOCK_ATTR, None)
+    if lock is None:
+        lock = threading.RLock()
+        setattr(db, _LOCK_ATTR, lock)
+    return lock
+
+
+@contextmanager
+def transaction(db: sqlite_utils.Database) -> Iterator[sqlite_utils.Database]:
+    """`BEGIN IMMEDIATE` … `COMMIT` (or `ROLLBACK` on error). Nested use joins the outer transaction,
+    so QuotaBook methods can run inside a JobQueue transaction."""
+    with db_lock(db):
+        if db.conn.in_transaction:
+            yield db
+            return
+        db.execute("BEGIN IMMEDIATE")
+        try:
+            yield db
+        except BaseException:
+            db.execute("ROLLBACK")
+            raise
+        db.execute("COMMIT")
+
+
+def meta_get(db: sqlite_utils.Database, key: str) -> str | None:
+    row = db.execute("SELECT value FROM meta WHERE key = ?", [key]).fetchone()
+    return None if row is None else str(row[0])
+
+
+def meta_set(db: sqlite_utils.Database, key: str, value: str) -> None:
+    db.execute(
+        "INSERT INTO meta (key, value) VALUES (?, ?) ON CONFLICT(key) DO UPDATE SET value = excluded.value",
+        [key, value],
+    )
