@@ -1,0 +1,101 @@
+"""VAE glue of the pipeline: image → model-space first-frame latent, model-space latents → uint8 frames.
+
+`decode_to_frames` is the one full-decode entry point (reference save_memory mode: temporal window 1,
+256 px tiles when tiling is on). `StreamingFrameDecoder` decodes finished units while later ones are
+still being sampled (causal caches kept between pushes); its output equals the full decode up to rounding.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Protocol
+
+import numpy as np
+import torch
+
+from generation.latents import LatentNorm, denormalize, normalize_image_latent
+from generation.sampling.noise import NoiseSource
+
+log = logging.getLogger(__name__)
+
+DECODE_TILE = 256  # pixels, reference save_memory=True
+ENCODE_TILE = 256  # pixels, reference encode default
+
+
+class VAELike(Protocol):
+    def encode_moments(
+        self, x: torch.Tensor, *, chunk_window: int | None = None, tile_size: int | None = None
+    ) -> torch.Tensor: ...
+
+    def decode(self, z: torch.Tensor, *, chunk_window: int | None = None, tile_size: int | None = None) -> torch.Tensor: ...
+
+    def stream_decoder(self, tile_size: int | None = None): ...
+
+
+def to_uint8_frames(pixels: torch.Tensor) -> np.ndarray:
+    """[B, 3, F, H, W] in ~[-1, 1] → uint8 [B*F, H, W, 3]: x*127.5 + 127.5, clamp, truncate (reference)."""
+    x = pixels.to(torch.float32).mul(127.5).add(127.5).clamp(0, 255).to(torch.uint8)
+    b, c, f, h, w = x.shape
+    return x.permute(0, 2, 3, 4, 1).reshape(b * f, h, w, c).cpu().numpy()
+
+
+def image_to_tensor(image: np.ndarray) -> torch.Tensor:
+    """uint8 [H, W, 3] → [1, 3, 1, H, W] in [-1, 1] (ToTensor + Normalize(0.5, 0.5))."""
+    t = torch.from_numpy(np.ascontiguousarray(image)).to(torch.float32) / 255.0
+    t = (t - 0.5) / 0.5
+    return t.permute(2, 0, 1)[None, :, None]
+
+
+def encode_image_latent(
+    vae: VAELike,
+    image: np.ndarray,
+    norm: LatentNorm,
+    noise: NoiseSource,
+    *,
+    device: torch.device,
+    dtype: torch.dtype,
+    tiling: bool = True,
+) -> torch.Tensor:
+    """Posterior *sample* of the image (mean + std * eps) normalised with the first-frame constants."""
+    from generation.models.vae import CausalVideoVAE
+
+    x = image_to_tensor(image).to(device=device, dtype=dtype)
+    moments = vae.encode_moments(x, chunk_window=None, tile_size=ENCODE_TILE if tiling else None)
+    mean = CausalVideoVAE.posterior_mean(moments)
+    eps = noise.posterior(tuple(mean.shape), device=mean.device, dtype=torch.float32).to(mean.dtype)
+    z = CausalVideoVAE.posterior_sample(moments, eps)
+    return normalize_image_latent(z, norm)
+
+
+def decode_to_frames(
+    vae: VAELike, latents: torch.Tensor, norm: LatentNorm, *, tiling: bool = True, dtype: torch.dtype | None = None
+) -> np.ndarray:
+    """Model-space latents [B, C, T, h, w] → uint8 frames [B*F, H, W, 3]."""
+    z = denormalize(latents, norm)
+    if dtype is not None:
+        z = z.to(dtype)
+    pixels = vae.decode(z, chunk_window=1, tile_size=DECODE_TILE if tiling else None)
+    return to_uint8_frames(pixels)
+
+
+class StreamingFrameDecoder:
+    """Push each finished model-space latent frame (in order); frames come back as uint8 arrays."""
+
+    def __init__(self, vae: VAELike, norm: LatentNorm, *, tiling: bool = True, dtype: torch.dtype | None = None):
+        self._stream = vae.stream_decoder(tile_size=DECODE_TILE if tiling else None)
+        self._norm = norm
+        self._dtype = dtype
+        self._count = 0
+        self.chunks: list[np.ndarray] = []
+
+    def push(self, latent: torch.Tensor) -> np.ndarray:
+        z = denormalize(latent, self._norm, first_frame_index=0 if self._count == 0 else -1)
+        if self._dtype is not None:
+            z = z.to(self._dtype)
+        self._count += latent.shape[2]
+        frames = to_uint8_frames(self._stream.push(z))
+        self.chunks.append(frames)
+        return frames
+
+    def frames(self) -> np.ndarray:
+        return np.concatenate(self.chunks, axis=0)
