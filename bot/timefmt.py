@@ -46,9 +46,3 @@ def format_next_reset(now: float, reset_time: str, timezone: str) -> str:
     day = {0: "今天", 1: "明天"}.get(days, f"{when:%m-%d}")
     return f"{day} {when:%H:%M}（{timezone}）"
 
-
-def local_day_start(now: float, timezone: str) -> float:
-    """Unix time of the local midnight that starts `now`'s calendar day."""
-    tz = ZoneInfo(timezone)
-    local = datetime.fromtimestamp(now, tz)
-    return local.replace(hour=0, minute=0, second=0, microsecond=0).timestamp()

@@ -22,7 +22,7 @@ from datetime import datetime
 from zoneinfo import ZoneInfo
 
 from bot.plugin import CommandCall, Plugin, PluginContext, command
-from bot.timefmt import format_next_reset, local_day_start
+from bot.timefmt import format_next_reset
 
 log = logging.getLogger(__name__)
 
@@ -81,11 +81,7 @@ class QuotaPlugin(Plugin):
             ctx.quota.ensure_user(user_id, message.chat_id if message.is_group else None)
         settings = self.section(ctx)
         now = ctx.clock()
-        day_start = local_day_start(now, settings.timezone)
-        spent = 0
-        for row in ctx.quota.history(user_id, limit=500):
-            if row.ts >= day_start and row.kind in ("spend", "refund"):
-                spent -= row.delta
+        spent = ctx.quota.spent_today(user_id, now)
         reset = format_next_reset(now, settings.reset_time, settings.timezone)
         lines = [
             f"{prefix}剩余额度 {ctx.quota.balance(user_id)} 点，今日已用 {max(0, spent)} 点。",
