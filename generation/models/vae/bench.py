@@ -1,0 +1,100 @@
+"""Timing/memory probe of the VAE decode modes on a GPU (random full-size weights; weights do not
+change the work). Usage: python -m generation.models.vae.bench --height 384 --width 640 --latent-frames 16
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from collections.abc import Callable
+
+import torch
+
+from .config import VAEConfig
+from .model import CausalVideoVAE
+
+
+def _timed(fn: Callable[[], torch.Tensor], repeats: int) -> tuple[float, float, tuple[int, ...]]:
+    fn()  # warm-up (cuDNN algorithm selection)
+    torch.cuda.synchronize()
+    torch.cuda.reset_peak_memory_stats()
+    times = []
+    shape: tuple[int, ...] = ()
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        out = fn()
+        torch.cuda.synchronize()
+        times.append(time.perf_counter() - t0)
+        shape = tuple(out.shape)
+        del out
+    return min(times), torch.cuda.max_memory_allocated() / 2**30, shape
+
+
+def parity_on_device(fixture_dir: str) -> None:
+    """Run the stored-output parity on CUDA: fp32 with and without TF32, and report bf16 error."""
+    from pathlib import Path
+
+    from generation.parity import vae as vae_parity
+
+    for tf32 in (False, True):
+        torch.backends.cudnn.allow_tf32 = tf32
+        torch.backends.cuda.matmul.allow_tf32 = tf32
+        for r in vae_parity.run(Path(fixture_dir), "vae_forward.json", device="cuda"):
+            print(f"cuda fp32 tf32={tf32}: {r.line()}", flush=True)
+    torch.backends.cudnn.allow_tf32 = False
+    torch.backends.cuda.matmul.allow_tf32 = False
+    from safetensors.torch import load_file
+
+    side = json.loads((Path(fixture_dir) / "vae_forward.json").read_text())
+    vae = vae_parity.load_vae(Path(fixture_dir), side, "cuda").to(torch.bfloat16)
+    t = load_file(Path(fixture_dir) / "vae_forward.safetensors", device="cuda")
+    with torch.no_grad():
+        out = vae.decode(t["decode.z"].bfloat16(), chunk_window=1).float()
+        ref = t["decode.full.output"]
+        print(json.dumps({"bf16_decode_vs_ref": {"max_abs": float((out - ref).abs().max()),
+                                                 "rel_l2": float((out - ref).norm() / ref.norm())}}), flush=True)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--height", type=int, default=384)
+    ap.add_argument("--width", type=int, default=640)
+    ap.add_argument("--latent-frames", type=int, default=16)
+    ap.add_argument("--repeats", type=int, default=2)
+    ap.add_argument("--modes", default="chunk1,chunk2,tiled256_w1,tiled512_w2,stream1")
+    ap.add_argument("--cudnn-benchmark", action="store_true")
+    ap.add_argument("--parity", metavar="FIXTURE_DIR", help="also run the stored-output parity on CUDA first")
+    args = ap.parse_args()
+    if args.parity:
+        parity_on_device(args.parity)
+    torch.backends.cudnn.benchmark = args.cudnn_benchmark
+    dev = torch.device("cuda")
+    vae = CausalVideoVAE(VAEConfig()).to(dev, torch.bfloat16).eval()
+    z = torch.randn(1, 16, args.latent_frames, args.height // 8, args.width // 8, device=dev, dtype=torch.bfloat16)
+    modes: dict[str, Callable[[], torch.Tensor]] = {
+        "full": lambda: vae.decode(z),
+        "chunk1": lambda: vae.decode(z, chunk_window=1),
+        "chunk2": lambda: vae.decode(z, chunk_window=2),
+        "tiled256_w1": lambda: vae.decode(z, chunk_window=1, tile_size=256),
+        "tiled512_w2": lambda: vae.decode(z, chunk_window=2, tile_size=512),
+    }
+
+    def stream1() -> torch.Tensor:
+        s = vae.stream_decoder()
+        return torch.cat([s.push(z[:, :, t : t + 1]) for t in range(z.shape[2])], dim=2)
+
+    modes["stream1"] = stream1
+    with torch.no_grad():
+        for name in args.modes.split(","):
+            try:
+                sec, gib, shape = _timed(modes[name], args.repeats)
+                print(json.dumps({"mode": name, "seconds": round(sec, 3), "peak_gib": round(gib, 2), "shape": shape}),
+                      flush=True)
+            except torch.OutOfMemoryError:
+                print(json.dumps({"mode": name, "error": "OOM"}), flush=True)
+                torch.cuda.empty_cache()
+
+
+if __name__ == "__main__":
+    main()
