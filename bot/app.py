@@ -1,0 +1,154 @@
+"""Wiring: builds every part from the settings and runs them together.
+
+start():  open the SQLite file → QuotaBook (apply a missed daily reset once) → JobQueue (re-queue or
+          fail expired leases) → APScheduler daily reset → worker process (WorkerSupervisor) →
+          DeliveryLoop → plugins + router + dispatcher → channel.start(dispatcher.handle).
+stop():   the reverse. Handler exceptions never reach the channel loop (see `bot.dispatcher`).
+
+Everything is passed in or built here; no module keeps a global instance.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Callable, Sequence
+from typing import Any
+
+from apscheduler.schedulers.asyncio import AsyncIOScheduler
+from generation.jobs.queue import JobQueue
+from generation.worker import WorkerSupervisor
+
+from bot.channel import Channel
+from bot.delivery import DeliveryLoop
+from bot.dispatcher import Dispatcher
+from bot.messages import Message
+from bot.permissions import Permissions
+from bot.plugin import Plugin, PluginContext, PluginRegistry
+from bot.ratelimit import FloodControl
+from bot.router import Router
+from bot.settings import Settings
+from bot.store.db import open_db
+from bot.store.quota import QuotaBook
+from plugins import default_plugins
+
+log = logging.getLogger(__name__)
+
+
+def build_pipeline(settings: Settings) -> Any | None:
+    """The prompt pipeline (translation/safety) from `settings.prompts`; None when unavailable."""
+    try:
+        from bot.prompts import PromptPipeline
+    except ImportError:
+        log.warning("bot.prompts is not available: prompts are sent to the model as written")
+        return None
+    return PromptPipeline.from_settings(settings.prompts)
+
+
+class App:
+    def __init__(
+        self,
+        settings: Settings,
+        channel: Channel,
+        *,
+        clock: Callable[[], float] = time.time,
+        pipeline: Any | None = None,
+        plugins: Sequence[type[Plugin]] | None = None,
+        run_worker: bool = True,
+    ) -> None:
+        self.settings = settings
+        self.channel = channel
+        self.clock = clock
+        self.pipeline = pipeline
+        self.plugin_classes = list(plugins) if plugins is not None else default_plugins()
+        self.run_worker = run_worker
+        self.db: Any = None
+        self.quota: QuotaBook | None = None
+        self.queue: JobQueue | None = None
+        self.ctx: PluginContext | None = None
+        self.dispatcher: Dispatcher | None = None
+        self.supervisor: WorkerSupervisor | None = None
+        self.delivery: DeliveryLoop | None = None
+        self.scheduler: AsyncIOScheduler | None = None
+        self._started = False
+
+    async def start(self) -> None:
+        s = self.settings
+        self.db = open_db(s.storage.db_path, busy_timeout_ms=s.storage.busy_timeout_ms)
+        self.quota = QuotaBook(self.db, s.quota, self.clock)
+        if self.quota.apply_missed_reset():
+            log.info("applied the missed daily quota reset at start-up")
+        self.queue = JobQueue(self.db, self.quota, s.queue, self.clock)
+        recovered = self.queue.recover_expired()
+        if recovered:
+            log.info("recovered %d jobs with expired leases at start-up", len(recovered))
+
+        self.scheduler = AsyncIOScheduler(timezone=s.quota.timezone)
+        self.quota.schedule_daily_reset(self.scheduler)
+        self.scheduler.start()
+
+        registry = PluginRegistry(self.plugin_classes)
+        registry.check_settings(s)
+        self.ctx = PluginContext(
+            settings=s,
+            channel=self.channel,
+            quota=self.quota,
+            queue=self.queue,
+            clock=self.clock,
+            permissions=Permissions(s.bot.admins),
+            registry=registry,
+            pipeline=self.pipeline,
+        )
+        router = Router(
+            registry=registry,
+            bot_name=s.bot.name,
+            bot_id=self.channel.bot_id,
+            group_allowlist=s.bot.group_allowlist,
+            allow_private=s.bot.allow_private,
+            require_mention_in_groups=s.bot.require_mention_in_groups,
+        )
+        flood = FloodControl(
+            user_max=s.bot.flood_user_max,
+            chat_max=s.bot.flood_chat_max,
+            window_s=s.bot.flood_window_s,
+            clock=self.clock,
+        )
+        self.dispatcher = Dispatcher(ctx=self.ctx, router=router, flood=flood)
+
+        if self.run_worker:
+            self.supervisor = WorkerSupervisor(s)
+            self.supervisor.start()
+        self.delivery = DeliveryLoop(self.queue, self.channel, s, self.clock)
+        await self.delivery.start()
+        await self.channel.start(self.handle)
+        self._started = True
+        log.info("app started on channel %s (db=%s)", self.channel.name, s.storage.db_path)
+
+    async def handle(self, message: Message) -> None:
+        assert self.dispatcher is not None, "App.start() first"
+        await self.dispatcher.handle(message)
+
+    async def stop(self) -> None:
+        steps: list[tuple[str, Callable[[], Any]]] = [
+            ("channel", self.channel.stop),
+            ("delivery", self.delivery.stop if self.delivery else _noop),
+            ("worker", self.supervisor.stop if self.supervisor else _noop),
+            ("scheduler", (lambda: self.scheduler.shutdown(wait=False)) if self.scheduler else _noop),
+        ]
+        for name, step in steps:
+            try:
+                result = step()
+                if asyncio.iscoroutine(result):
+                    await result
+            except Exception:
+                log.exception("error while stopping %s", name)
+        if self.db is not None:
+            self.db.conn.close()
+            self.db = None
+        self._started = False
+        log.info("app stopped")
+
+
+def _noop() -> None:
+    return None
