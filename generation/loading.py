@@ -1,0 +1,224 @@
+"""Checkpoint loading: DiT from diffusion_transformer_<variant>/, VAE from causal_video_vae/, text models.
+
+Modules are built with parameters on the meta device and then receive the file tensors with
+`load_state_dict(assign=True)`, each tensor converted to the target dtype on its own, so the whole model
+never exists as an fp32 copy in CPU memory. Weights: `.safetensors` (single or sharded with an index json)
+or `.bin` (torch.load with weights_only=True, mmap=True). Every problem raises `CheckpointError` naming
+the file (and the key when one is at fault).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Iterator
+from pathlib import Path
+
+import torch
+from accelerate import init_empty_weights
+from torch import nn
+
+from generation.components import PipelineComponents
+
+log = logging.getLogger(__name__)
+
+MODEL_NAMES = ("pyramid_flux", "pyramid_mmdit")
+WEIGHT_NAMES = ("diffusion_pytorch_model.safetensors", "diffusion_pytorch_model.bin", "model.safetensors",
+                "pytorch_model.bin")
+INDEX_NAMES = ("diffusion_pytorch_model.safetensors.index.json", "model.safetensors.index.json",
+               "diffusion_pytorch_model.bin.index.json", "pytorch_model.bin.index.json")
+
+
+class CheckpointError(RuntimeError):
+    """A checkpoint folder or weight file cannot be used; the message names the file and key."""
+
+
+# --------------------------------------------------------------------------- weight files
+
+
+def read_config(folder: Path) -> dict:
+    path = Path(folder) / "config.json"
+    if not Path(folder).is_dir():
+        raise CheckpointError(f"checkpoint folder missing: {folder}")
+    if not path.is_file():
+        raise CheckpointError(f"config file missing: {path}")
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, json.JSONDecodeError) as exc:
+        raise CheckpointError(f"{path}: unreadable config ({exc})") from exc
+
+
+def find_weight_files(folder: Path) -> list[Path]:
+    """The weight files of a folder (all shards when an index json is present)."""
+    folder = Path(folder)
+    for name in INDEX_NAMES:
+        index = folder / name
+        if index.is_file():
+            try:
+                weight_map = json.loads(index.read_text(encoding="utf-8"))["weight_map"]
+            except (OSError, json.JSONDecodeError, KeyError) as exc:
+                raise CheckpointError(f"{index}: unreadable shard index ({exc})") from exc
+            files = sorted({folder / f for f in weight_map.values()})
+            for f in files:
+                if not f.is_file():
+                    raise CheckpointError(f"{f}: shard listed in {index.name} is missing")
+            return files
+    for name in WEIGHT_NAMES:
+        if (folder / name).is_file():
+            return [folder / name]
+    raise CheckpointError(f"no weights file in {folder} (expected one of {', '.join(WEIGHT_NAMES)})")
+
+
+def _convert(t: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    return t.to(dtype) if t.is_floating_point() else t
+
+
+def iter_tensors(path: Path, dtype: torch.dtype) -> Iterator[tuple[str, torch.Tensor]]:
+    """(key, tensor converted to dtype), one tensor at a time."""
+    path = Path(path)
+    if path.suffix == ".safetensors":
+        from safetensors import safe_open
+
+        try:
+            handle = safe_open(str(path), framework="pt", device="cpu")
+        except Exception as exc:  # noqa: BLE001 - safetensors raises its own error types
+            raise CheckpointError(f"{path}: cannot read safetensors file ({exc})") from exc
+        with handle as f:
+            for key in f.keys():  # noqa: SIM118 - safe_open has no __iter__
+                try:
+                    t = f.get_tensor(key)
+                except Exception as exc:  # noqa: BLE001
+                    raise CheckpointError(f"{path}: cannot read tensor {key!r} ({exc})") from exc
+                yield key, _convert(t, dtype)
+        return
+    try:
+        sd = torch.load(str(path), map_location="cpu", weights_only=True, mmap=True)
+    except Exception as exc:  # noqa: BLE001 - truncated zip, bad pickle...
+        raise CheckpointError(f"{path}: cannot read torch weights file ({exc})") from exc
+    if not isinstance(sd, dict):
+        raise CheckpointError(f"{path}: expected a state_dict, found {type(sd).__name__}")
+    for key in list(sd.keys()):
+        yield key, _convert(sd.pop(key), dtype)
+
+
+def load_weights_into(module: nn.Module, folder: Path, dtype: torch.dtype) -> nn.Module:
+    """Fill a meta-built module from the folder's weight files; strict key and shape checks."""
+    expected = {k: tuple(v.shape) for k, v in module.state_dict(keep_vars=True).items()}
+    files = find_weight_files(folder)
+    state: dict[str, torch.Tensor] = {}
+    origin: dict[str, Path] = {}
+    for path in files:
+        for key, tensor in iter_tensors(path, dtype):
+            if key not in expected:
+                raise CheckpointError(f"{path}: unexpected key {key!r} (not a parameter of {type(module).__name__})")
+            if tuple(tensor.shape) != expected[key]:
+                raise CheckpointError(
+                    f"{path}: shape mismatch for {key!r}: file {tuple(tensor.shape)}, model {expected[key]}"
+                )
+            state[key] = tensor
+            origin[key] = path
+    missing = [k for k in expected if k not in state]
+    if missing:
+        names = ", ".join(repr(k) for k in missing[:5])
+        more = f" and {len(missing) - 5} more" if len(missing) > 5 else ""
+        raise CheckpointError(f"{files[0] if len(files) == 1 else folder}: missing key {names}{more}")
+    module.load_state_dict(state, strict=True, assign=True)
+    leftover = [n for n, t in list(module.named_parameters()) + list(module.named_buffers()) if t.is_meta]
+    if leftover:
+        raise CheckpointError(f"{folder}: tensors left unmaterialised after loading: {leftover[:5]}")
+    return module.eval().requires_grad_(False)
+
+
+# --------------------------------------------------------------------------- modules
+
+
+def detect_model_name(root: Path, variant: str) -> str:
+    root = Path(root)
+    cfg = read_config(root / f"diffusion_transformer_{variant}")
+    cls = str(cfg.get("_class_name", ""))
+    if "Flux" in cls or "num_single_layers" in cfg:
+        return "pyramid_flux"
+    if "MMDiT" in cls or "caption_projection_dim" in cfg or (root / "text_encoder_3").is_dir():
+        return "pyramid_mmdit"
+    raise CheckpointError(f"{root / f'diffusion_transformer_{variant}' / 'config.json'}: cannot tell the model type")
+
+
+def load_dit(root: Path, variant: str, model_name: str, *, dtype: torch.dtype, device: torch.device) -> nn.Module:
+    from generation.models import build_dit
+
+    folder = Path(root) / f"diffusion_transformer_{variant}"
+    config = read_config(folder)
+    with init_empty_weights(include_buffers=False):
+        try:
+            dit = build_dit(model_name, config)
+        except Exception as exc:  # noqa: BLE001 - config the DiT rejects
+            raise CheckpointError(f"{folder / 'config.json'}: cannot build {model_name} ({exc})") from exc
+    load_weights_into(dit, folder, dtype)
+    return dit.to(device=device)
+
+
+def load_vae(root: Path, *, dtype: torch.dtype, device: torch.device) -> nn.Module:
+    from generation.models.vae import CausalVideoVAE, VAEConfig
+
+    folder = Path(root) / "causal_video_vae"
+    config = read_config(folder)
+    with init_empty_weights(include_buffers=False):
+        try:
+            vae = CausalVideoVAE(VAEConfig.from_dict(config))
+        except Exception as exc:  # noqa: BLE001
+            raise CheckpointError(f"{folder / 'config.json'}: cannot build the VAE ({exc})") from exc
+    load_weights_into(vae, folder, dtype)
+    return vae.to(device=device)
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(name)
+
+
+def resolve_dtype(name: str, device: torch.device) -> torch.dtype:
+    if name == "auto":
+        return torch.bfloat16 if device.type == "cuda" else torch.float32
+    return {"bf16": torch.bfloat16, "fp32": torch.float32, "fp16": torch.float16}[name]
+
+
+def load_pipeline(
+    root: Path,
+    variant: str = "384p",
+    model_name: str | None = None,
+    *,
+    dtype: torch.dtype | None = None,
+    device: torch.device | str = "cpu",
+    load_text: bool = True,
+    negative_prompt: str | None = None,
+    prompt_suffix: str | None = None,
+) -> PipelineComponents:
+    from generation.text_encoders import PromptEncoder, TextEncoderError, load_text_encoder
+
+    root = Path(root)
+    if not root.is_dir():
+        raise CheckpointError(f"checkpoint folder missing: {root}")
+    device = torch.device(device)
+    dtype = dtype or (torch.bfloat16 if device.type == "cuda" else torch.float32)
+    if model_name is None:
+        model_name = detect_model_name(root, variant)
+    if model_name not in MODEL_NAMES:
+        raise CheckpointError(f"unknown model name {model_name!r} (expected one of {MODEL_NAMES})")
+    log.info("loading %s %s from %s (%s on %s)", model_name, variant, root, dtype, device)
+    dit = load_dit(root, variant, model_name, dtype=dtype, device=device)
+    vae = load_vae(root, dtype=dtype, device=device)
+    text = None
+    if load_text:
+        try:
+            encoder = load_text_encoder(root, model_name, dtype=dtype, device=device)
+        except TextEncoderError as exc:
+            raise CheckpointError(str(exc)) from exc
+        kwargs = {}
+        if negative_prompt is not None:
+            kwargs["negative_prompt"] = negative_prompt
+        if prompt_suffix is not None:
+            kwargs["suffix"] = prompt_suffix
+        text = PromptEncoder(encoder, **kwargs)
+    return PipelineComponents(model_name=model_name, variant=variant, dit=dit, vae=vae, text=text,
+                              dtype=dtype, device=device)
