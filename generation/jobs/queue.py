@@ -1,0 +1,424 @@
+"""The durable, fair job queue on the shared SQLite file.
+
+Both sides use it: the bot submits / cancels / delivers, the worker process claims / renews /
+reports / finishes. Every state change is one `BEGIN IMMEDIATE` transaction guarded by the expected
+current state, so each transition (and its refund) happens exactly once even with several processes.
+
+Fair order: see `generation.jobs.fairness` (two-level round-robin, least recently served group, then
+user, then that user's oldest job).
+
+Position and ETA: `position` is 1 + the number of jobs ahead in `snapshot()` (running jobs first), so 1
+means "running now or next". `eta_s` is the estimated time until the job is *finished*: the remaining
+time of the running jobs ahead, plus the expected duration of each queued job ahead, plus its own.
+Expected durations are the median of the last `queue.eta_history` finished jobs with the same
+resolution/duration (start → finish), else `queue.eta_defaults_s`. One worker is assumed.
+"""
+
+from __future__ import annotations
+
+import logging
+import statistics
+import time
+from collections.abc import Callable, Iterable
+from typing import Any
+
+import sqlite_utils
+
+from bot.store.db import db_lock, transaction
+from bot.store.quota import QuotaBook
+from generation.jobs.fairness import Pending, fair_order, sched_group
+from generation.jobs.models import Job, JobSpec, JobState, SubmitOutcome
+from generation.jobs.settings import QueueSettings
+
+log = logging.getLogger(__name__)
+
+Clock = Callable[[], float]
+
+LEASE_LOST_ERROR = "生成进程中断，已多次重试仍未完成"
+DELIVERY_GAVE_UP_ERROR = "视频已生成，但多次发送失败"
+
+
+class JobQueue:
+    def __init__(
+        self, db: sqlite_utils.Database, quota: QuotaBook, settings: QueueSettings, clock: Clock = time.time
+    ) -> None:
+        self.db = db
+        self.quota = quota
+        self.settings = settings
+        self.clock = clock
+
+    # ================================================================ helpers
+    def _rows(self, sql: str, params: Iterable[Any] = ()) -> list[dict[str, Any]]:
+        with db_lock(self.db):
+            return list(self.db.query(sql, list(params)))
+
+    def get(self, job_id: int) -> Job | None:
+        rows = self._rows("SELECT * FROM jobs WHERE id = ?", [job_id])
+        return Job.from_row(rows[0]) if rows else None
+
+    def _require(self, job_id: int) -> Job:
+        job = self.get(job_id)
+        if job is None:
+            raise KeyError(f"no job {job_id}")
+        return job
+
+    def _update(self, job_id: int, where_state: Iterable[JobState], **values: Any) -> bool:
+        states = list(where_state)
+        sets = ", ".join(f"{k} = ?" for k in values)
+        marks = ", ".join("?" for _ in states)
+        cur = self.db.execute(
+            f"UPDATE jobs SET {sets} WHERE id = ? AND state IN ({marks})",
+            [*values.values(), job_id, *[str(s) for s in states]],
+        )
+        return cur.rowcount == 1
+
+    def _refund(self, job: Job, reason: str) -> None:
+        self.quota.refund(job.user_id, job.cost, job_id=job.id, group_id=job.group_id, reason=reason)
+
+    # ================================================================ submit side
+    def mark_seen(self, message_id: str) -> bool:
+        """Record a message id; True the first time (dedupe for commands that make no job)."""
+        with transaction(self.db):
+            cur = self.db.execute(
+                "INSERT OR IGNORE INTO seen_messages (message_id, job_id, outcome, ts) VALUES (?, NULL, 'seen', ?)",
+                [message_id, self.clock()],
+            )
+            return cur.rowcount == 1
+
+    def pending_count(self, user_id: str) -> int:
+        with db_lock(self.db):
+            row = self.db.execute(
+                "SELECT COUNT(*) FROM jobs WHERE user_id = ? AND state IN ('queued', 'running')", [user_id]
+            ).fetchone()
+        return int(row[0])
+
+    def submit(self, spec: JobSpec) -> SubmitOutcome:
+        """Dedupe, ban check, pending limit, quota check + spend and job insert: one transaction."""
+        now = self.clock()
+        job_id: int | None = None
+        with transaction(self.db):
+            seen = self.db.execute(
+                "SELECT job_id FROM seen_messages WHERE message_id = ?", [spec.message_id]
+            ).fetchone()
+            if seen is not None:
+                status = "duplicate"
+                job_id = seen[0]
+            else:
+                status = self._admit(spec, now)
+                if status == "queued":
+                    job_id = self._insert(spec, now)
+                    balance = self.quota.try_spend(spec.user_id, spec.cost, job_id=job_id, group_id=spec.group_id)
+                    if balance is None:  # cannot happen: _admit checked the balance in this transaction
+                        raise RuntimeError("balance changed inside the submit transaction")
+                self.db.execute(
+                    "INSERT INTO seen_messages (message_id, job_id, outcome, ts) VALUES (?, ?, ?, ?)",
+                    [spec.message_id, job_id, status, now],
+                )
+            balance = self.quota.balance(spec.user_id)
+            pending = self.pending_count(spec.user_id)
+        job = self.get(job_id) if job_id is not None else None
+        position = eta = None
+        if job is not None and job.is_pending:
+            position, eta = self.position(job.id), self.eta_s(job.id)
+        log.info(
+            "submit message=%s user=%s status=%s job=%s cost=%d balance=%d",
+            spec.message_id, spec.user_id, status, job_id, spec.cost, balance,
+            extra={"user_id": spec.user_id, "job_id": job_id, "message_id": spec.message_id},
+        )
+        return SubmitOutcome(status=status, job=job, position=position, eta_s=eta, balance=balance,  # type: ignore[arg-type]
+                             cost=spec.cost, pending=pending)
+
+    def _admit(self, spec: JobSpec, now: float) -> str:
+        if self.quota.is_banned(spec.user_id):
+            return "banned"
+        self.quota.ensure_user(spec.user_id, spec.group_id)
+        if self.pending_count(spec.user_id) >= self.settings.max_pending_per_user:
+            return "too_many_pending"
+        if self.quota.balance(spec.user_id) < spec.cost:
+            return "no_quota"
+        return "queued"
+
+    def _insert(self, spec: JobSpec, now: float) -> int:
+        cur = self.db.execute(
+            "INSERT INTO jobs (message_id, user_id, user_name, chat_id, chat_kind, group_id, sched_group, prompt, "
+            "final_prompt, resolution, duration_s, seed, image_path, cost, state, max_attempts, created_at) "
+            "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, 'queued', ?, ?)",
+            [spec.message_id, spec.user_id, spec.user_name, spec.chat_id, str(spec.chat_kind), spec.group_id,
+             sched_group(spec.group_id, spec.user_id), spec.prompt, spec.final_prompt, spec.resolution,
+             int(spec.duration_s), int(spec.seed), spec.image_path, int(spec.cost), self.settings.max_attempts, now],
+        )
+        return int(cur.lastrowid)
+
+    # ================================================================ order, position, ETA
+    def _pending_and_served(self) -> tuple[list[Pending], dict[str, float], dict[str, float]]:
+        queued = [
+            Pending(r["id"], r["user_id"], r["sched_group"], r["created_at"])
+            for r in self._rows(
+                "SELECT id, user_id, sched_group, created_at FROM jobs WHERE state = 'queued' ORDER BY created_at, id"
+            )
+        ]
+        if not queued:
+            return [], {}, {}
+        users = self._rows(
+            "SELECT user_id AS k, MAX(started_at) AS t FROM jobs WHERE started_at IS NOT NULL AND user_id IN "
+            "(SELECT user_id FROM jobs WHERE state = 'queued') GROUP BY user_id"
+        )
+        groups = self._rows(
+            "SELECT sched_group AS k, MAX(started_at) AS t FROM jobs WHERE started_at IS NOT NULL AND sched_group IN "
+            "(SELECT sched_group FROM jobs WHERE state = 'queued') GROUP BY sched_group"
+        )
+        return queued, {r["k"]: r["t"] for r in users}, {r["k"]: r["t"] for r in groups}
+
+    def snapshot(self) -> list[Job]:
+        """Running jobs (oldest start first), then queued jobs in the order they will run."""
+        with db_lock(self.db):
+            running = [Job.from_row(r) for r in self._rows(
+                "SELECT * FROM jobs WHERE state = 'running' ORDER BY started_at, id")]
+            queued, users, groups = self._pending_and_served()
+            order = fair_order(queued, users, groups)
+            by_id = {r["id"]: Job.from_row(r) for r in self._rows("SELECT * FROM jobs WHERE state = 'queued'")}
+        return running + [by_id[i] for i in order if i in by_id]
+
+    def position(self, job_id: int) -> int | None:
+        for index, job in enumerate(self.snapshot()):
+            if job.id == job_id:
+                return index + 1
+        return None
+
+    def expected_seconds(self, resolution: str, duration_s: int) -> float:
+        rows = self._rows(
+            "SELECT finished_at - started_at AS s FROM jobs WHERE resolution = ? AND duration_s = ? "
+            "AND state IN ('succeeded', 'delivered') AND started_at IS NOT NULL AND finished_at IS NOT NULL "
+            "ORDER BY finished_at DESC LIMIT ?",
+            [resolution, duration_s, self.settings.eta_history],
+        )
+        if rows:
+            return float(statistics.median(max(0.0, r["s"]) for r in rows))
+        return self.settings.eta_defaults_s.get(f"{resolution}/{duration_s}", self.settings.eta_fallback_s)
+
+    def _remaining(self, job: Job, now: float) -> float:
+        expected = self.expected_seconds(job.resolution, job.duration_s)
+        if job.state is not JobState.RUNNING or job.started_at is None:
+            return expected
+        elapsed = max(0.0, now - job.started_at)
+        if job.progress >= 0.05:
+            return max(0.0, elapsed / job.progress - elapsed)
+        return max(0.0, expected - elapsed)
+
+    def eta_s(self, job_id: int) -> float | None:
+        now = self.clock()
+        total = 0.0
+        for job in self.snapshot():
+            total += self._remaining(job, now)
+            if job.id == job_id:
+                return total
+        return None
+
+    # ================================================================ worker side
+    def claim(self, worker_id: str, lease_s: float) -> Job | None:
+        """Atomically take the next job in fair order and lease it to `worker_id`."""
+        now = self.clock()
+        with transaction(self.db):
+            queued, users, groups = self._pending_and_served()
+            if not queued:
+                return None
+            job_id = fair_order(queued, users, groups, limit=1)[0]
+            ok = self._update(job_id, [JobState.QUEUED], state=str(JobState.RUNNING), attempts=self._attempts(job_id) + 1,
+                              lease_owner=worker_id, lease_until=now + lease_s, started_at=now, progress=0.0,
+                              progress_text="", finished_at=None)
+            if not ok:  # cannot happen inside BEGIN IMMEDIATE; be loud if it ever does
+                raise RuntimeError(f"job {job_id} changed under an immediate transaction")
+        job = self._require(job_id)
+        log.info("claim job=%s user=%s worker=%s attempt=%d/%d", job.id, job.user_id, worker_id, job.attempts,
+                 job.max_attempts, extra={"job_id": job.id, "user_id": job.user_id, "worker_id": worker_id})
+        return job
+
+    def _attempts(self, job_id: int) -> int:
+        return int(self.db.execute("SELECT attempts FROM jobs WHERE id = ?", [job_id]).fetchone()[0])
+
+    def renew(self, job_id: int, worker_id: str, lease_s: float) -> bool:
+        """Extend the lease. False when the lease was lost or a cancel was requested."""
+        with transaction(self.db):
+            cur = self.db.execute(
+                "UPDATE jobs SET lease_until = ? WHERE id = ? AND state = 'running' AND lease_owner = ?",
+                [self.clock() + lease_s, job_id, worker_id],
+            )
+            if cur.rowcount != 1:
+                return False
+            return not self.cancel_requested(job_id)
+
+    def holds_lease(self, job_id: int, worker_id: str) -> bool:
+        with db_lock(self.db):
+            row = self.db.execute(
+                "SELECT 1 FROM jobs WHERE id = ? AND state = 'running' AND lease_owner = ?", [job_id, worker_id]
+            ).fetchone()
+        return row is not None
+
+    def report_progress(self, job_id: int, fraction: float, text: str = "") -> None:
+        with transaction(self.db):
+            self.db.execute(
+                "UPDATE jobs SET progress = ?, progress_text = ? WHERE id = ? AND state = 'running'",
+                [min(1.0, max(0.0, float(fraction))), text, job_id],
+            )
+
+    def cancel_requested(self, job_id: int) -> bool:
+        with db_lock(self.db):
+            row = self.db.execute("SELECT cancel_requested FROM jobs WHERE id = ?", [job_id]).fetchone()
+        return bool(row and row[0])
+
+    def complete(self, job_id: int, worker_id: str, video_path: str, cover_path: str | None, seconds: float,
+                 label: str) -> bool:
+        """Record the result. Accepted from the lease holder, or for a job re-queued after its lease
+        expired that nobody re-claimed yet (the video exists, so use it). A cancel requested meanwhile
+        wins: the job becomes cancelled and is refunded. False when the result was discarded."""
+        now = self.clock()
+        with transaction(self.db):
+            job = self._require(job_id)
+            mine = job.state is JobState.RUNNING and job.lease_owner == worker_id
+            orphan = job.state is JobState.QUEUED and job.lease_owner is None
+            if not (mine or orphan):
+                log.warning("complete ignored job=%s worker=%s state=%s owner=%s", job_id, worker_id, job.state,
+                            job.lease_owner, extra={"job_id": job_id, "worker_id": worker_id})
+                return False
+            common = dict(video_path=str(video_path), cover_path=None if cover_path is None else str(cover_path),
+                          seconds=float(seconds), label=label, finished_at=now, lease_owner=None,
+                          lease_until=None, progress=1.0)
+            if job.cancel_requested:
+                self._update(job_id, [job.state], state=str(JobState.CANCELLED), **common)
+                self._refund(job, "cancelled")
+            else:
+                self._update(job_id, [job.state], state=str(JobState.SUCCEEDED), error=None, **common)
+        log.info("complete job=%s user=%s seconds=%.1f", job_id, job.user_id, seconds,
+                 extra={"job_id": job_id, "user_id": job.user_id, "worker_id": worker_id})
+        return True
+
+    def fail(self, job_id: int, worker_id: str, error: str, retryable: bool) -> JobState | None:
+        """Retryable with attempts left → queued again; else failed + refund. `error` is user-facing.
+        Returns the new state, or None if this worker no longer held the job."""
+        now = self.clock()
+        with transaction(self.db):
+            job = self._require(job_id)
+            if job.state is not JobState.RUNNING or job.lease_owner != worker_id:
+                return None
+            new = self._settle(job, error, retryable, now)
+        log.warning("fail job=%s user=%s retryable=%s -> %s: %s", job_id, job.user_id, retryable, new, error,
+                    extra={"job_id": job_id, "user_id": job.user_id, "worker_id": worker_id})
+        return new
+
+    def _settle(self, job: Job, error: str, retryable: bool, now: float) -> JobState:
+        """Inside a transaction: a running job that stopped without a result."""
+        release: dict[str, Any] = dict(lease_owner=None, lease_until=None, error=error)
+        if job.cancel_requested:
+            self._update(job.id, [JobState.RUNNING], state=str(JobState.CANCELLED), finished_at=now, **release)
+            self._refund(job, "cancelled")
+            return JobState.CANCELLED
+        if retryable and job.attempts < job.max_attempts:
+            self._update(job.id, [JobState.RUNNING], state=str(JobState.QUEUED), progress=0.0, progress_text="",
+                         **release)
+            return JobState.QUEUED
+        self._update(job.id, [JobState.RUNNING], state=str(JobState.FAILED), finished_at=now, **release)
+        self._refund(job, "failed")
+        return JobState.FAILED
+
+    def finish_cancelled(self, job_id: int, worker_id: str) -> bool:
+        with transaction(self.db):
+            job = self._require(job_id)
+            if job.state is not JobState.RUNNING or job.lease_owner != worker_id:
+                return False
+            self._update(job_id, [JobState.RUNNING], state=str(JobState.CANCELLED), finished_at=self.clock(),
+                         lease_owner=None, lease_until=None)
+            self._refund(job, "cancelled")
+        log.info("cancelled running job=%s user=%s", job_id, job.user_id,
+                 extra={"job_id": job_id, "user_id": job.user_id, "worker_id": worker_id})
+        return True
+
+    # ================================================================ user side
+    def cancel_latest(self, user_id: str, chat_id: str) -> Job | None:
+        """The caller's latest pending job in this chat: queued → cancelled + refunded at once (and marked
+        notified: the command's reply is the notification); running → cancel requested, the worker stops at
+        the next step and the delivery loop tells the user. None when there is nothing to cancel."""
+        with transaction(self.db):
+            rows = list(self.db.query(
+                "SELECT * FROM jobs WHERE user_id = ? AND chat_id = ? AND state IN ('queued', 'running') "
+                "AND cancel_requested = 0 ORDER BY created_at DESC, id DESC LIMIT 1", [user_id, chat_id]))
+            if not rows:
+                return None
+            job = Job.from_row(rows[0])
+            if job.state is JobState.QUEUED:
+                self._update(job.id, [JobState.QUEUED], state=str(JobState.CANCELLED), finished_at=self.clock(),
+                             notified=1, cancel_requested=1)
+                self._refund(job, "cancelled")
+            else:
+                self._update(job.id, [JobState.RUNNING], cancel_requested=1)
+        log.info("cancel job=%s user=%s was=%s", job.id, user_id, job.state,
+                 extra={"job_id": job.id, "user_id": user_id})
+        return self._require(job.id)
+
+    def jobs_of(self, user_id: str, states: Iterable[JobState | str] | None = None) -> list[Job]:
+        if states is None:
+            rows = self._rows("SELECT * FROM jobs WHERE user_id = ? ORDER BY created_at, id", [user_id])
+        else:
+            wanted = [str(s) for s in states]
+            marks = ", ".join("?" for _ in wanted)
+            rows = self._rows(f"SELECT * FROM jobs WHERE user_id = ? AND state IN ({marks}) ORDER BY created_at, id",
+                              [user_id, *wanted])
+        return [Job.from_row(r) for r in rows]
+
+    def counts(self) -> dict[str, int]:
+        return {r["state"]: r["n"] for r in self._rows("SELECT state, COUNT(*) AS n FROM jobs GROUP BY state")}
+
+    # ================================================================ recovery
+    def recover_expired(self, now: float | None = None, *, owner: str | None = None) -> list[Job]:
+        """Running jobs whose lease ran out (or, with `owner`, every running job of a worker known to be
+        dead) → queued again if attempts are left, else failed + refunded. Exactly once per job."""
+        now = self.clock() if now is None else now
+        changed: list[tuple[int, JobState]] = []
+        with transaction(self.db):
+            rows = list(self.db.query(
+                "SELECT * FROM jobs WHERE state = 'running' AND (lease_until < ? OR lease_owner = ?)",
+                [now, owner if owner is not None else "\x00no-owner"]))
+            for row in rows:
+                job = Job.from_row(row)
+                changed.append((job.id, self._settle(job, LEASE_LOST_ERROR, retryable=True, now=now)))
+        for job_id, state in changed:
+            log.warning("recovered job=%s (lease lost) -> %s", job_id, state, extra={"job_id": job_id})
+        return [self._require(job_id) for job_id, _ in changed]
+
+    # ================================================================ delivery bookkeeping
+    def undelivered(self) -> list[Job]:
+        """Succeeded but not sent; failed/cancelled but not told. Oldest finish first."""
+        rows = self._rows(
+            "SELECT * FROM jobs WHERE state = 'succeeded' OR (state IN ('failed', 'cancelled') AND notified = 0) "
+            "ORDER BY finished_at, id")
+        return [Job.from_row(r) for r in rows]
+
+    def mark_delivered(self, job_id: int) -> bool:
+        with transaction(self.db):
+            return self._update(job_id, [JobState.SUCCEEDED], state=str(JobState.DELIVERED),
+                                delivered_at=self.clock(), notified=1)
+
+    def mark_notified(self, job_id: int) -> bool:
+        with transaction(self.db):
+            return self._update(job_id, [JobState.FAILED, JobState.CANCELLED], notified=1)
+
+    def record_delivery_attempt(self, job_id: int, error: str) -> int:
+        """A certain send failure: count it and schedule the next try with exponential backoff."""
+        with transaction(self.db):
+            job = self._require(job_id)
+            attempts = job.delivery_attempts + 1
+            delay = min(self.settings.delivery_backoff_max_s, self.settings.delivery_backoff_s * 2 ** (attempts - 1))
+            self.db.execute(
+                "UPDATE jobs SET delivery_attempts = ?, delivery_error = ?, next_delivery_at = ? WHERE id = ?",
+                [attempts, error, self.clock() + delay, job_id])
+        return attempts
+
+    def give_up_delivery(self, job_id: int) -> bool:
+        """The video could not be sent after all retries: fail the job and refund; the delivery loop then
+        tells the user through the failure path."""
+        with transaction(self.db):
+            job = self._require(job_id)
+            if not self._update(job_id, [JobState.SUCCEEDED], state=str(JobState.FAILED),
+                                error=DELIVERY_GAVE_UP_ERROR, delivery_attempts=0, next_delivery_at=None):
+                return False
+            self._refund(job, "delivery failed")
+        return True
