@@ -1,0 +1,257 @@
+"""`PyramidFlowGenerator`: request → text encode → pyramid sampling → VAE decode → MP4 + cover.
+
+Implements generation.api.VideoGenerator. All request checks run before any model work and raise
+InvalidRequest with a Chinese message. Progress is reported after every denoising step; the cancel
+check runs at every step.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from generation.api import (
+    CancelFn,
+    GenerationCancelled,
+    GenerationRequest,
+    GenerationResult,
+    InvalidRequest,
+    Progress,
+    ProgressFn,
+)
+from generation.components import VARIANT_MAX_TEMP, PipelineComponents
+from generation.decode import StreamingFrameDecoder, decode_to_frames, encode_image_latent
+from generation.images import load_image_for_video
+from generation.latents import latent_norm
+from generation.memory import Placement, PlacementManager
+from generation.sampling.noise import GeneratorNoise, NoiseSource
+from generation.sampling.pyramid import SamplerOptions, prepare_initial_noise, sample_i2v, sample_t2v
+from generation.sampling.schedule import build_schedule
+from generation.settings import GenerationSettings
+from generation.video_io import write_cover, write_mp4
+
+log = logging.getLogger(__name__)
+
+DURATION_TO_TEMP = {5: 16, 10: 31}
+SAMPLING_SHARE = 0.9  # fraction of the progress bar spent in sampling; the rest is decoding/encoding
+
+
+@dataclass(frozen=True, slots=True)
+class Job:
+    prompt: str
+    negative_prompt: str | None
+    width: int
+    height: int
+    temp: int
+    seed: int
+    image: np.ndarray | None
+    options: SamplerOptions
+
+
+class PyramidFlowGenerator:
+    name = "pyramid_flow"
+
+    def __init__(
+        self, components: PipelineComponents, settings: GenerationSettings, *, placement: PlacementManager | None = None
+    ) -> None:
+        self.c = components
+        self.settings = settings
+        self.norm = latent_norm(components.model_name)
+        self.schedule = build_schedule()
+        self.placement = placement or PlacementManager(Placement(settings.placement), components.device)
+        streamed = [components.dit] + (components.text.encoder.modules() if components.text else [])
+        self.placement.prepare(streamed=streamed, swapped=[components.vae])
+        self._lock = threading.Lock()
+
+    @property
+    def label(self) -> str:
+        return self.c.label
+
+    def supports(self, resolution: str) -> bool:
+        return self.c.supports(resolution)
+
+    # ------------------------------------------------------------------ validation
+    def validate(self, request: GenerationRequest) -> Job:
+        s = self.settings
+        prompt = (request.prompt or "").strip()
+        if not prompt and request.image_path is None:
+            raise InvalidRequest("请在 /video 后面写上想要的画面描述。")
+        if len(prompt) > s.max_prompt_chars:
+            raise InvalidRequest(f"提示词太长了（{len(prompt)} 字），请控制在 {s.max_prompt_chars} 字以内。")
+        if not self.supports(request.resolution):
+            raise InvalidRequest(f"当前模型不支持 {request.resolution} 分辨率，请换一个分辨率再试。")
+        width, height = self.c.size_for(request.resolution)
+        max_temp = VARIANT_MAX_TEMP[request.resolution]
+        if request.temp is not None:
+            temp = int(request.temp)
+        elif request.duration_s in DURATION_TO_TEMP:
+            temp = DURATION_TO_TEMP[request.duration_s]
+        else:
+            raise InvalidRequest("视频时长只支持 5 秒或 10 秒。")
+        if temp > max_temp:
+            raise InvalidRequest(f"{request.resolution} 最长只能生成 {(max_temp - 1) * 8 // 24 + 1} 秒左右的视频，请缩短时长。")
+        i2v = request.image_path is not None
+        if temp < (2 if i2v else 1):
+            raise InvalidRequest("视频长度太短了。")
+        if i2v:
+            steps = request.num_inference_steps or s.i2v_num_inference_steps
+            video_steps = steps
+            guidance = request.guidance_scale if request.guidance_scale is not None else s.guidance_scale
+            video_guidance = (request.video_guidance_scale if request.video_guidance_scale is not None
+                              else s.i2v_video_guidance_scale)
+        else:
+            steps = request.num_inference_steps or s.num_inference_steps
+            video_steps = request.video_num_inference_steps or s.video_num_inference_steps
+            guidance = request.guidance_scale if request.guidance_scale is not None else s.guidance_scale
+            video_guidance = (request.video_guidance_scale if request.video_guidance_scale is not None
+                              else s.video_guidance_scale)
+        for st in (*steps, *video_steps):
+            if not 1 <= int(st) <= 100:
+                raise InvalidRequest("采样步数需要在 1 到 100 之间。")
+        if len(steps) != 3 or len(video_steps) != 3:
+            raise InvalidRequest("采样步数需要给出 3 个阶段的值。")
+        for gscale in (guidance, video_guidance):
+            if not 0 <= gscale <= 30:
+                raise InvalidRequest("引导强度需要在 0 到 30 之间。")
+        image = None
+        if i2v:
+            image = load_image_for_video(request.image_path, width, height, max_bytes=s.max_image_bytes,
+                                         max_pixels=s.max_image_pixels)
+        latent_dtype = None if s.bit_faithful_bf16 else torch.float32
+        options = SamplerOptions(
+            first_frame_steps=tuple(int(x) for x in steps),
+            video_steps=tuple(int(x) for x in video_steps),
+            guidance_scale=float(guidance),
+            video_guidance_scale=float(video_guidance),
+            use_linear_guidance=s.use_linear_guidance,
+            latent_dtype=latent_dtype,
+        )
+        return Job(prompt=prompt, negative_prompt=request.negative_prompt, width=width, height=height, temp=temp,
+                   seed=int(request.seed), image=image, options=options)
+
+    # ------------------------------------------------------------------ generation
+    def generate(
+        self,
+        request: GenerationRequest,
+        out_dir: Path,
+        *,
+        progress: ProgressFn | None = None,
+        should_cancel: CancelFn | None = None,
+    ) -> GenerationResult:
+        job = self.validate(request)
+        with self._lock:
+            return self._run(job, Path(out_dir), progress, should_cancel, GeneratorNoise(job.seed))
+
+    def run_job(self, job: Job, out_dir: Path, *, noise: NoiseSource, progress: ProgressFn | None = None,
+                should_cancel: CancelFn | None = None) -> GenerationResult:
+        """Run an already validated job with an explicit noise source (tests, parity)."""
+        with self._lock:
+            return self._run(job, Path(out_dir), progress, should_cancel, noise)
+
+    def _run(self, job: Job, out_dir: Path, progress: ProgressFn | None, should_cancel: CancelFn | None,
+             noise: NoiseSource) -> GenerationResult:
+        c = self.c
+        if c.text is None:
+            raise RuntimeError("this generator has no text encoder loaded")
+        t0 = time.perf_counter()
+        device = self.placement.device
+        jid = uuid.uuid4().hex[:12]
+        log.info("job %s: start %s %dx%d temp=%d seed=%d", jid, "i2v" if job.image is not None else "t2v",
+                 job.width, job.height, job.temp, job.seed)
+        cancel = should_cancel or (lambda: False)
+        with torch.inference_mode():
+            with self.placement.use(*c.text.encoder.modules()):
+                text = c.text(job.prompt, job.negative_prompt, device=device, cfg=job.options.guidance_scale > 0)
+            t_text = time.perf_counter()
+            latent_h, latent_w = job.height // 8, job.width // 8
+            init = prepare_initial_noise(noise, batch=1, temp=job.temp, latent_height=latent_h, latent_width=latent_w,
+                                         num_stages=self.schedule.num_stages, device=device,
+                                         dtype=job.options.latent_dtype or c.dtype)
+            image_latent = None
+            if job.image is not None:
+                with self.placement.use(c.vae):
+                    image_latent = encode_image_latent(c.vae, job.image, self.norm, noise, device=device,
+                                                       dtype=c.dtype, tiling=self.settings.vae_tiling)
+
+            def report(p: Progress) -> None:
+                if progress is not None:
+                    progress(Progress(unit=p.unit, units=p.units, stage=p.stage, step=p.step, steps=p.steps,
+                                      fraction=p.fraction * SAMPLING_SHARE, message="生成中"))
+
+            stream = None
+            on_unit = None
+            if self.settings.stream_decode and self.placement.placement is Placement.GPU:
+                stream = StreamingFrameDecoder(c.vae, self.norm, tiling=self.settings.vae_tiling, dtype=c.dtype)
+                if image_latent is not None:
+                    stream.push(image_latent)
+
+                def on_unit(_k: int, x: torch.Tensor) -> None:
+                    stream.push(x)
+
+            with self.placement.use(c.dit):
+                if image_latent is None:
+                    latents = sample_t2v(c.dit, text, init, options=job.options, noise=noise, schedule=self.schedule,
+                                         progress=report, should_cancel=cancel, on_unit=on_unit)
+                else:
+                    latents = sample_i2v(c.dit, text, image_latent, init, options=job.options, noise=noise,
+                                         schedule=self.schedule, progress=report, should_cancel=cancel,
+                                         on_unit=on_unit)
+            t_sample = time.perf_counter()
+            if cancel():
+                raise GenerationCancelled("cancelled before decoding")
+            if progress is not None:
+                progress(Progress(unit=job.temp - 1, units=job.temp, stage=2, step=0, steps=0,
+                                  fraction=SAMPLING_SHARE, message="解码视频"))
+            if stream is not None:
+                frames = stream.frames()
+            else:
+                with self.placement.use(c.vae):
+                    frames = decode_to_frames(c.vae, latents, self.norm, tiling=self.settings.vae_tiling,
+                                              dtype=c.dtype)
+        t_decode = time.perf_counter()
+        out_dir.mkdir(parents=True, exist_ok=True)
+        video_path = write_mp4(frames, out_dir / f"{jid}.mp4", fps=self.settings.fps)
+        cover_path = write_cover(frames[0], out_dir / f"{jid}.jpg")
+        t_end = time.perf_counter()
+        if progress is not None:
+            progress(Progress(unit=job.temp - 1, units=job.temp, stage=2, step=0, steps=0, fraction=1.0,
+                              message="完成"))
+        timings = {"text_s": t_text - t0, "sample_s": t_sample - t_text, "decode_s": t_decode - t_sample,
+                   "encode_s": t_end - t_decode, "total_s": t_end - t0}
+        log.info("job %s: done %s in %.1fs", jid, video_path, timings["total_s"])
+        return GenerationResult(
+            video_path=video_path, cover_path=cover_path, seconds=frames.shape[0] / self.settings.fps,
+            frames=int(frames.shape[0]), width=int(frames.shape[2] - frames.shape[2] % 2),
+            height=int(frames.shape[1] - frames.shape[1] % 2), label=c.label, extra=timings,
+        )
+
+
+def build_components(settings: GenerationSettings) -> PipelineComponents:
+    from generation.loading import load_pipeline, resolve_device, resolve_dtype
+    from generation.tiny import build_tiny_pipeline
+
+    device = resolve_device(settings.device)
+    dtype = resolve_dtype(settings.dtype, device)
+    if settings.checkpoint is None:
+        comps = build_tiny_pipeline(settings.tiny_model_name, settings.tiny_seed, dtype=dtype, device=device,
+                                    width=settings.tiny_width, height=settings.tiny_height)
+        if comps.text is not None:
+            if settings.negative_prompt is not None:
+                comps.text.negative_prompt = settings.negative_prompt
+            if settings.prompt_suffix is not None:
+                comps.text.suffix = settings.prompt_suffix
+        return comps
+    return load_pipeline(settings.checkpoint, settings.variant, settings.model_name, dtype=dtype, device=device,
+                         negative_prompt=settings.negative_prompt, prompt_suffix=settings.prompt_suffix)
+
+
+def build_generator(settings: GenerationSettings) -> PyramidFlowGenerator:
+    """The configured generator; the tiny random model (labelled) when settings.checkpoint is None."""
+    return PyramidFlowGenerator(build_components(settings), settings)
