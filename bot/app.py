@@ -22,12 +22,10 @@ from generation.worker import WorkerSupervisor
 
 from bot.channel import Channel
 from bot.delivery import DeliveryLoop
-from bot.dispatcher import Dispatcher
 from bot.messages import Message
-from bot.permissions import Permissions
-from bot.plugin import Plugin, PluginContext, PluginRegistry
-from bot.ratelimit import FloodControl
-from bot.router import Router
+from bot.core import build_dispatcher
+from bot.dispatcher import Dispatcher
+from bot.plugin import Plugin
 from bot.settings import Settings
 from bot.store.db import open_db
 from bot.store.quota import QuotaBook
@@ -66,7 +64,6 @@ class App:
         self.db: Any = None
         self.quota: QuotaBook | None = None
         self.queue: JobQueue | None = None
-        self.ctx: PluginContext | None = None
         self.dispatcher: Dispatcher | None = None
         self.supervisor: WorkerSupervisor | None = None
         self.delivery: DeliveryLoop | None = None
@@ -88,33 +85,15 @@ class App:
         self.quota.schedule_daily_reset(self.scheduler)
         self.scheduler.start()
 
-        registry = PluginRegistry(self.plugin_classes)
-        registry.check_settings(s)
-        self.ctx = PluginContext(
-            settings=s,
+        self.dispatcher = build_dispatcher(
+            s,
             channel=self.channel,
             quota=self.quota,
             queue=self.queue,
             clock=self.clock,
-            permissions=Permissions(s.bot.admins),
-            registry=registry,
+            plugins=self.plugin_classes,
             pipeline=self.pipeline,
         )
-        router = Router(
-            registry=registry,
-            bot_name=s.bot.name,
-            bot_id=self.channel.bot_id,
-            group_allowlist=s.bot.group_allowlist,
-            allow_private=s.bot.allow_private,
-            require_mention_in_groups=s.bot.require_mention_in_groups,
-        )
-        flood = FloodControl(
-            user_max=s.bot.flood_user_max,
-            chat_max=s.bot.flood_chat_max,
-            window_s=s.bot.flood_window_s,
-            clock=self.clock,
-        )
-        self.dispatcher = Dispatcher(ctx=self.ctx, router=router, flood=flood)
 
         if self.run_worker:
             self.supervisor = WorkerSupervisor(s)

@@ -1,0 +1,265 @@
+"""Console script `xiaoai`.
+
+  xiaoai demo       the scripted Quickstart: the whole bot on the local channel, one text-to-video
+                    and one image-to-video request, prints the chat and the MP4 paths, exits 0
+  xiaoai run        serve WeChat through the wechaty puppet service
+  xiaoai generate   one video from the command line (generation.cli)
+  xiaoai config     validate the configuration and print it (secrets are never printed)
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import io
+import logging
+import signal
+import sys
+import time
+from collections.abc import Sequence
+from pathlib import Path
+
+from bot.settings import Settings, SettingsError, load_settings
+
+log = logging.getLogger("xiaoai")
+
+DEMO_PROMPT_ZH = "一只柴犬在雪地里奔跑"
+DEMO_PROMPT_EN = "a shiba inu running in the snow"
+DEMO_I2V_PROMPT = "the waves roll gently towards the beach"
+
+
+def _setup_logging(level: str) -> None:
+    logging.basicConfig(
+        level=getattr(logging, level.upper(), logging.INFO),
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
+
+
+def _load(args: argparse.Namespace) -> Settings:
+    return load_settings(Path(args.config) if args.config else None)
+
+
+# ---------------------------------------------------------------------------------------- demo
+def demo_image_bytes() -> bytes:
+    """A small beach picture drawn with Pillow (sky, sea, sand), as a user would send."""
+    from PIL import Image, ImageDraw
+
+    img = Image.new("RGB", (320, 192), (135, 190, 235))
+    draw = ImageDraw.Draw(img)
+    draw.rectangle((0, 90, 320, 140), fill=(30, 90, 160))
+    draw.rectangle((0, 140, 320, 192), fill=(230, 205, 150))
+    draw.ellipse((240, 15, 285, 60), fill=(255, 220, 90))
+    buf = io.BytesIO()
+    img.save(buf, format="JPEG", quality=90)
+    return buf.getvalue()
+
+
+def _demo_settings(base: Settings, run_dir: Path, synthetic: bool) -> Settings:
+    data = base.model_dump(mode="python")
+    data["storage"]["db_path"] = run_dir / "xiaoai.db"
+    data["worker"]["output_dir"] = run_dir / "videos"
+    data["bot"]["data_dir"] = run_dir / "data"
+    data["bot"]["flood_user_max"] = max(data["bot"]["flood_user_max"], 20)
+    data["quota"]["daily"] = max(data["quota"]["daily"], 5)
+    if synthetic:
+        data["worker"]["generator"] = "synthetic"
+    return Settings.model_validate(data)
+
+
+class _Transcript:
+    """Prints the chat as it happens: what the user sends and what the bot answers."""
+
+    def __init__(self, channel: object, out: io.TextIOBase) -> None:
+        self._channel = channel
+        self._out = out
+        self._shown = 0
+        self._t0 = time.monotonic()
+
+    def _stamp(self) -> str:
+        return f"[{time.monotonic() - self._t0:6.1f}s]"
+
+    def user(self, name: str, text: str) -> None:
+        print(f"{self._stamp()} {name}: {text}", file=self._out, flush=True)
+
+    def flush_bot(self) -> None:
+        sent = self._channel.sent  # type: ignore[attr-defined]
+        for item in sent[self._shown :]:
+            if item.text is not None:
+                body = item.text.text.replace("\n", "\n" + " " * 12)
+                print(f"{self._stamp()} 小爱: {body}", file=self._out, flush=True)
+            elif item.video is not None:
+                print(f"{self._stamp()} 小爱: [视频] {item.video.video_path}", file=self._out, flush=True)
+        self._shown = len(sent)
+
+
+async def run_demo(
+    settings: Settings,
+    *,
+    run_dir: Path,
+    timeout_s: float,
+    synthetic: bool,
+    out: io.TextIOBase,
+) -> int:
+    from bot.app import App, build_pipeline
+    from bot.channels.local import LocalChannel
+
+    settings = _demo_settings(settings, run_dir, synthetic)
+    channel = LocalChannel()
+    pipeline = build_pipeline(settings)
+    app = App(settings, channel, pipeline=pipeline)
+    show = _Transcript(channel, out)
+    print(f"小爱视频 demo — 数据目录 / run dir: {run_dir}", file=out)
+    print(f"生成器 / generator: {settings.worker.generator}", file=out, flush=True)
+    await app.start()
+    try:
+        user = {"sender_id": "wxid_demo_user", "sender_name": "小明", "chat_id": "demo-room@chatroom"}
+        prompt = DEMO_PROMPT_ZH if pipeline is not None else DEMO_PROMPT_EN
+        for text, image in (
+            ("/帮助", None),
+            (f"/视频 {prompt}", None),
+            ("", demo_image_bytes()),
+            (f"/视频 {DEMO_I2V_PROMPT}", None),
+            ("/队列", None),
+        ):
+            show.user(user["sender_name"], text or "[图片]")
+            await channel.say(text, image=image, **user)  # type: ignore[arg-type]
+            show.flush_bot()
+
+        def two_videos(_: object) -> bool:
+            show.flush_bot()
+            return len(channel.videos()) >= 2
+
+        ok = await channel.wait_for(two_videos, timeout=timeout_s)
+        show.flush_bot()
+        if ok:
+            show.user(user["sender_name"], "/额度")
+            await channel.say("/额度", **user)  # type: ignore[arg-type]
+            show.flush_bot()
+    finally:
+        await app.stop()
+    videos = channel.videos()
+    if not ok:
+        print(f"\n失败 / FAILED: only {len(videos)} of 2 videos after {timeout_s:.0f}s", file=out, flush=True)
+        return 1
+    print("\n生成的视频 / MP4 files:", file=out)
+    for video in videos:
+        print(f"  {video.video_path}", file=out)
+    print("demo OK", file=out, flush=True)
+    return 0
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    settings = _load(args)
+    run_dir = Path(args.dir) if args.dir else Path("var/demo") / time.strftime("%Y%m%d-%H%M%S")
+    run_dir = run_dir.resolve()
+    run_dir.mkdir(parents=True, exist_ok=True)
+    return asyncio.run(
+        run_demo(settings, run_dir=run_dir, timeout_s=args.timeout, synthetic=args.synthetic, out=sys.stdout)
+    )
+
+
+# ----------------------------------------------------------------------------------------- run
+RUN_HELP = """\
+还不能连接微信：缺少 wechaty 适配器或其配置。
+WeChat is not available: the wechaty adapter or its configuration is missing.
+
+请先启动一个 wechaty puppet service（网关），然后设置：
+Start a wechaty puppet service (gateway) first, then set:
+  export WECHATY_PUPPET_SERVICE_ENDPOINT=127.0.0.1:8788   # 或在 config.yaml 的 wechaty.endpoint 中设置
+  export WECHATY_PUPPET_SERVICE_TOKEN=...                 # 只能通过环境变量 / environment only
+详见 README「接入微信」一节 / see the README section on WeChat.
+"""
+
+
+async def _serve(settings: Settings) -> int:
+    try:
+        from bot.channels import wechaty_channel
+    except ImportError as err:
+        print(RUN_HELP, file=sys.stderr)
+        print(f"({err})", file=sys.stderr)
+        return 2
+    serve = getattr(wechaty_channel, "serve_wechat", None)
+    if serve is not None:
+        return int(await serve(settings))
+    from bot.app import App, build_pipeline
+
+    channel = wechaty_channel.WechatyChannel.from_settings(settings)
+    app = App(settings, channel, pipeline=build_pipeline(settings))
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    await app.start()
+    try:
+        await stop.wait()
+    finally:
+        await app.stop()
+    return 0
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    return asyncio.run(_serve(_load(args)))
+
+
+# ------------------------------------------------------------------------------------ config
+def cmd_config(args: argparse.Namespace) -> int:
+    import yaml
+
+    settings = _load(args)
+    print(yaml.safe_dump(settings.model_dump(mode="json"), allow_unicode=True, sort_keys=False))
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="xiaoai", description="小爱视频 — WeChat /video bot")
+    parser.add_argument("--config", help="config file (default: $XIAOAI_CONFIG or ./config.yaml)")
+    parser.add_argument("--log-level", default="WARNING", help="DEBUG, INFO, WARNING (default), ERROR")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    demo = sub.add_parser("demo", help="run the scripted local demo (no WeChat, no GPU, no weights)")
+    demo.add_argument("--dir", help="run directory (default: var/demo/<timestamp>)")
+    demo.add_argument("--timeout", type=float, default=900.0, help="seconds to wait for both videos")
+    demo.add_argument(
+        "--synthetic",
+        action="store_true",
+        help="use the synthetic test generator instead of our Pyramid Flow (tiny random weights)",
+    )
+    demo.set_defaults(func=cmd_demo)
+
+    run = sub.add_parser("run", help="serve WeChat through the wechaty puppet service")
+    run.set_defaults(func=cmd_run)
+
+    cfg = sub.add_parser("config", help="validate and print the configuration")
+    cfg.set_defaults(func=cmd_config)
+
+    try:
+        from generation.cli import add_generate_parser, run_generate
+    except ImportError:
+        gen = sub.add_parser("generate", help="generate one video (not available in this build)")
+        gen.set_defaults(func=lambda _args: _missing("generation.cli"))
+    else:
+        gen = sub.add_parser("generate", help="generate one video from the command line")
+        add_generate_parser(gen)
+        gen.set_defaults(func=run_generate)
+    return parser
+
+
+def _missing(module: str) -> int:
+    print(f"{module} 尚不可用 / is not available in this build", file=sys.stderr)
+    return 2
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    _setup_logging(args.log_level)
+    try:
+        return int(args.func(args) or 0)
+    except SettingsError as err:
+        print(str(err), file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())
