@@ -223,3 +223,30 @@ def test_runner_reads_call_arguments(tmp_path):
     assert results["decode_tiled.output"].max_abs > 1e-3
     errors = [r for r in results.values() if r.error]
     assert len(errors) == 1 and "encode from decode" in errors[0].error
+
+
+# ---------------------------------------------------------------- loading a checkpoint folder
+@pytest.mark.parametrize("weights_name", ["diffusion_pytorch_model.safetensors", "diffusion_pytorch_model.bin"])
+@torch.no_grad()
+def test_load_checkpoint_folder(tmp_path, sidecar, tensors, weights_name):
+    from safetensors.torch import save_file
+
+    from generation.models.vae import load_causal_vae
+
+    (tmp_path / "config.json").write_text(json.dumps(dict(sidecar["config"], _diffusers_version="0.29.2")))
+    state = load_file(FIXTURES / "vae.weights.safetensors")
+    if weights_name.endswith(".safetensors"):
+        save_file(state, tmp_path / weights_name)
+    else:
+        torch.save(state, tmp_path / weights_name)
+    vae = load_causal_vae(tmp_path, dtype=torch.float32)
+    assert not vae.training
+    assert_close(vae.decode(tensors["decode.z"], chunk_window=2), tensors["decode.chunk_w2.output"])
+
+
+def test_load_checkpoint_folder_missing_weights(tmp_path, sidecar):
+    from generation.models.vae import load_causal_vae
+
+    (tmp_path / "config.json").write_text(json.dumps(sidecar["config"]))
+    with pytest.raises(FileNotFoundError, match="no VAE weights"):
+        load_causal_vae(tmp_path)
