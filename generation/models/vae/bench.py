@@ -59,6 +59,7 @@ def main() -> None:
     ap.add_argument("--repeats", type=int, default=2)
     ap.add_argument("--modes", default="chunk1,chunk2,tiled256_w1,tiled512_w2,stream1")
     ap.add_argument("--cudnn-benchmark", action="store_true")
+    ap.add_argument("--profile", metavar="MODE", help="print the top CUDA kernels of one mode")
     ap.add_argument("--parity", metavar="FIXTURE_DIR", help="also run the stored-output parity on CUDA first")
     args = ap.parse_args()
     if args.parity:
@@ -80,6 +81,16 @@ def main() -> None:
         return torch.cat([s.push(z[:, :, t : t + 1]) for t in range(z.shape[2])], dim=2)
 
     modes["stream1"] = stream1
+    if args.profile:
+        from torch.profiler import ProfilerActivity, profile
+
+        with torch.no_grad():
+            modes[args.profile]()
+            torch.cuda.synchronize()
+            with profile(activities=[ProfilerActivity.CUDA]) as prof:
+                modes[args.profile]()
+                torch.cuda.synchronize()
+        print(prof.key_averages().table(sort_by="cuda_time_total", row_limit=18, max_name_column_width=70))
     with torch.no_grad():
         for name in args.modes.split(","):
             try:
