@@ -2,12 +2,18 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
 from bot.channels.local import LocalChannel
+from bot.core import build_dispatcher
+from bot.dispatcher import ADMIN_ONLY_TEXT, ERROR_TEXT
 from bot.plugin import CommandCall, Plugin, PluginContext, PluginRegistry, command
+from bot.ratelimit import USER_LIMIT_TEXT
 from bot.router import RouteKind, Router
 from plugins import default_plugins
+from tests.chat_harness import async_test, make_harness, make_settings
 
 BOT = "bot-xiaoai"
 
@@ -136,3 +142,66 @@ def test_registry_rejects_duplicate_words_and_hides_admin_commands() -> None:
     admin_words = {s.name for s in registry.visible_commands(is_admin=True)}
     assert {"video", "quota", "cancel", "queue", "help"} <= user_words
     assert "setquota" not in user_words and "setquota" in admin_words
+
+
+# --- dispatcher: the real router + plugins + queue on a real SQLite file ---------------------------
+
+
+
+class Boom(Plugin):
+    name = "boom"
+
+    @command("boom", usage="/boom", help="raises")
+    async def boom(self, ctx: PluginContext, call: CommandCall) -> None:
+        raise RuntimeError("handler bug")
+
+
+@async_test
+async def test_handler_exception_is_answered_and_the_loop_goes_on(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    h = await make_harness(make_settings(tmp_path))
+    h.dispatcher = build_dispatcher(
+        h.settings, channel=h.channel, quota=h.quota, queue=h.queue, clock=h.clock, plugins=[*default_plugins(), Boom]
+    )
+    await h.channel.start(h.dispatcher.handle)
+    with caplog.at_level("ERROR"):
+        await h.say("/boom", sender_id="wxid_x", sender_name="X", message_id="m-boom")
+    assert h.last_text().endswith(ERROR_TEXT)
+    record = next(r for r in caplog.records if "handler failed" in r.getMessage())
+    assert record.user_id == "wxid_x" and record.message_id == "m-boom"  # type: ignore[attr-defined]
+    await h.say("/帮助", sender_id="wxid_x", sender_name="X")
+    assert "可用命令" in h.last_text()
+
+
+@async_test
+async def test_flood_control_replies_once_then_stays_silent(tmp_path: Path) -> None:
+    h = await make_harness(make_settings(tmp_path, bot={"flood_user_max": 3, "flood_window_s": 60}))
+    for _ in range(6):
+        await h.say("/额度", sender_id="wxid_f", sender_name="F")
+    texts = h.channel.texts()
+    assert len(texts) == 4 and texts[3].endswith(USER_LIMIT_TEXT)
+    await h.say("/额度", sender_id="wxid_other", sender_name="O")  # others are not affected
+    assert "剩余额度" in h.last_text()
+    h.clock.advance(61)
+    await h.say("/额度", sender_id="wxid_f", sender_name="F")
+    assert "剩余额度" in h.last_text()
+
+
+@async_test
+async def test_redelivered_command_is_answered_once(tmp_path: Path) -> None:
+    h = await make_harness(make_settings(tmp_path))
+    message = h.channel.make_message("/帮助", sender_id="wxid_r", sender_name="R")
+    await h.channel.inject(message)
+    await h.channel.inject(message)
+    assert len(h.channel.texts()) == 1
+
+
+@async_test
+async def test_private_chat_and_hint_through_dispatcher(tmp_path: Path) -> None:
+    h = await make_harness(make_settings(tmp_path))
+    await h.channel.say("/额度", group=False, sender_id="wxid_p", sender_name="P")
+    sent = h.channel.sent[-1].text
+    assert sent is not None and sent.chat_id == "wxid_p" and sent.mention_ids == () and "剩余额度" in sent.text
+    await h.channel.say("/画画", group=False, sender_id="wxid_p", sender_name="P")
+    assert "/帮助" in h.last_text()
+    await h.channel.say("/setquota wxid_p 9", group=False, sender_id="wxid_p", sender_name="P")
+    assert h.last_text() == ADMIN_ONLY_TEXT
