@@ -68,13 +68,21 @@ def encode_image_latent(
 
 
 def decode_to_frames(
-    vae: VAELike, latents: torch.Tensor, norm: LatentNorm, *, tiling: bool = True, dtype: torch.dtype | None = None
+    vae: VAELike,
+    latents: torch.Tensor,
+    norm: LatentNorm,
+    *,
+    tiling: bool = True,
+    dtype: torch.dtype | None = None,
+    save_memory: bool = True,
 ) -> np.ndarray:
-    """Model-space latents [B, C, T, h, w] → uint8 frames [B*F, H, W, 3]."""
+    """Model-space latents [B, C, T, h, w] → uint8 frames [B*F, H, W, 3]. save_memory (the reference default):
+    temporal window 1 and 256 px tiles; otherwise window 2 and 512 px tiles (tiles only when tiling is on)."""
     z = denormalize(latents, norm)
     if dtype is not None:
         z = z.to(dtype)
-    pixels = vae.decode(z, chunk_window=1, tile_size=DECODE_TILE if tiling else None)
+    window, tile = (1, DECODE_TILE) if save_memory else (2, 2 * DECODE_TILE)
+    pixels = vae.decode(z, chunk_window=window, tile_size=tile if tiling else None)
     return to_uint8_frames(pixels)
 
 
