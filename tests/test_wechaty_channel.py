@@ -17,7 +17,18 @@ from bot.channel import Channel, DeliveryError, ImageFetchError
 from bot.channels.wechaty_channel import ConnState, strip_mention
 from bot.messages import ChatKind, Message, OutgoingText, OutgoingVideo
 from tests.puppet_server import FakePuppetServer
-from tests.wechaty_helpers import ALICE, BOB, BOT, ROOM, TOKEN, clean_env, eventually, make_channel, make_mp4, run
+from tests.wechaty_helpers import (
+    ALICE,
+    BOB,
+    BOT,
+    ROOM,
+    TOKEN,
+    clean_env,
+    eventually,
+    make_channel,
+    make_mp4,
+    run,
+)
 
 pytestmark = pytest.mark.usefixtures("clean_env")
 _ = clean_env  # fixture import
