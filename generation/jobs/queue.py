@@ -332,6 +332,17 @@ class JobQueue:
                  extra={"job_id": job_id, "user_id": job.user_id, "worker_id": worker_id})
         return True
 
+    def release(self, job_id: int, worker_id: str) -> bool:
+        """Graceful worker shutdown: hand a running job back to the queue without using up an attempt."""
+        with transaction(self.db):
+            job = self._require(job_id)
+            if job.state is not JobState.RUNNING or job.lease_owner != worker_id:
+                return False
+            self._update(job_id, [JobState.RUNNING], state=str(JobState.QUEUED), attempts=max(0, job.attempts - 1),
+                         lease_owner=None, lease_until=None, progress=0.0, progress_text="")
+        log.info("released job=%s worker=%s", job_id, worker_id, extra={"job_id": job_id, "worker_id": worker_id})
+        return True
+
     # ================================================================ user side
     def cancel_latest(self, user_id: str, chat_id: str) -> Job | None:
         """The caller's latest pending job in this chat: queued → cancelled + refunded at once (and marked

@@ -1,0 +1,305 @@
+"""The GPU worker process and its supervisor.
+
+`run_worker` is the process main: it owns the generator (built once), claims jobs in fair order,
+runs them with progress + cancel wired to the queue, and records the result. A crash or OOM there
+only kills this process: `WorkerSupervisor` (in the bot process) notices, hands the dead worker's
+jobs back to the queue (bounded attempts, else failed + refunded), and restarts it with backoff.
+
+Lease: while a job runs, a heartbeat thread renews its lease every `worker.heartbeat_s` (for at most
+`worker.max_job_s`), so a long denoising step never looks like a dead worker, while a SIGKILLed worker
+stops renewing and its job is recovered.
+"""
+
+from __future__ import annotations
+
+import logging
+import multiprocessing as mp
+import os
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Protocol
+
+from bot.store.db import open_db
+from bot.store.quota import QuotaBook
+from bot.store.settings import QuotaSettings, StorageSettings
+from generation.api import GenerationCancelled, GenerationRequest, InvalidRequest, Progress, VideoGenerator
+from generation.jobs.models import Job
+from generation.jobs.queue import JobQueue
+from generation.jobs.settings import QueueSettings, WorkerSettings
+
+log = logging.getLogger(__name__)
+
+Clock = Callable[[], float]
+
+OOM_ERROR = "显存或内存不足，生成失败"
+CRASH_ERROR = "生成过程出错"
+
+
+class WorkerConfig(Protocol):
+    """What the worker needs from the root `bot.settings.Settings` (which satisfies it)."""
+
+    worker: WorkerSettings
+    queue: QueueSettings
+    quota: QuotaSettings
+    storage: StorageSettings
+    generation: Any
+
+
+@dataclass
+class WorkerSections:
+    """The sections the worker reads, for use without the root settings object (tests, tools)."""
+
+    worker: WorkerSettings
+    queue: QueueSettings
+    quota: QuotaSettings
+    storage: StorageSettings
+    generation: Any = None
+
+
+def open_queue(settings: WorkerConfig, clock: Clock = time.time) -> JobQueue:
+    db = open_db(settings.storage.db_path, busy_timeout_ms=settings.storage.busy_timeout_ms)
+    return JobQueue(db, QuotaBook(db, settings.quota, clock), settings.queue, clock)
+
+
+def build_worker_generator(settings: WorkerConfig) -> VideoGenerator:
+    if settings.worker.generator == "synthetic":
+        from generation.synthetic import SyntheticGenerator
+
+        return SyntheticGenerator.from_settings(settings.worker)
+    from generation.pipeline import build_generator
+
+    if settings.generation is None:
+        from generation.settings import GenerationSettings
+
+        return build_generator(GenerationSettings())
+    return build_generator(settings.generation)
+
+
+def _is_oom(exc: BaseException) -> bool:
+    return isinstance(exc, MemoryError) or type(exc).__name__ == "OutOfMemoryError"
+
+
+class _Heartbeat:
+    """Renews one job's lease in the background; notes a lost lease."""
+
+    def __init__(self, queue: JobQueue, job: Job, worker_id: str, settings: WorkerSettings) -> None:
+        self.queue, self.job, self.worker_id, self.settings = queue, job, worker_id, settings
+        self.lost = False
+        self._done = threading.Event()
+        self._thread = threading.Thread(target=self._run, name=f"lease-{job.id}", daemon=True)
+
+    def __enter__(self) -> _Heartbeat:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._done.set()
+        self._thread.join(5)
+
+    def _run(self) -> None:
+        started = time.monotonic()
+        while not self._done.wait(self.settings.heartbeat_s):
+            if time.monotonic() - started > self.settings.max_job_s:
+                log.error("job %s exceeded max_job_s; lease no longer renewed", self.job.id,
+                          extra={"job_id": self.job.id, "worker_id": self.worker_id})
+                return
+            try:
+                self.queue.renew(self.job.id, self.worker_id, self.settings.lease_s)
+                if not self.queue.holds_lease(self.job.id, self.worker_id):
+                    self.lost = True
+                    log.warning("lease lost job=%s worker=%s", self.job.id, self.worker_id,
+                                extra={"job_id": self.job.id, "worker_id": self.worker_id})
+                    return
+            except Exception:  # keep trying: a busy database is not a lost lease
+                log.exception("lease renewal failed job=%s", self.job.id, extra={"job_id": self.job.id})
+
+
+class JobRunner:
+    """Claims and runs jobs against one generator. Used inside the worker process (and directly in tests)."""
+
+    def __init__(self, queue: JobQueue, generator: VideoGenerator, settings: WorkerSettings, worker_id: str,
+                 *, stop: threading.Event | Any | None = None) -> None:
+        self.queue = queue
+        self.generator = generator
+        self.settings = settings
+        self.worker_id = worker_id
+        self.stop = stop
+
+    def _stopping(self) -> bool:
+        return self.stop is not None and self.stop.is_set()
+
+    def run_once(self) -> Job | None:
+        """Claim one job and run it to an end state; None when the queue is empty."""
+        job = self.queue.claim(self.worker_id, self.settings.lease_s)
+        if job is None:
+            return None
+        self.run_job(job)
+        return self.queue.get(job.id)
+
+    def run_job(self, job: Job) -> None:
+        ids = {"job_id": job.id, "user_id": job.user_id, "worker_id": self.worker_id}
+        out_dir = Path(self.settings.output_dir) / str(job.id)
+        request = GenerationRequest(prompt=job.final_prompt or job.prompt, resolution=job.resolution,  # type: ignore[arg-type]
+                                    duration_s=job.duration_s, seed=job.seed, image_path=job.image_path)
+        last_report = [0.0]
+
+        def on_progress(p: Progress) -> None:
+            now = time.monotonic()
+            if now - last_report[0] >= self.settings.progress_every_s or p.fraction >= 1.0:
+                last_report[0] = now
+                self.queue.report_progress(job.id, p.fraction, p.message)
+
+        with _Heartbeat(self.queue, job, self.worker_id, self.settings) as beat:
+
+            def should_cancel() -> bool:
+                return beat.lost or self._stopping() or self.queue.cancel_requested(job.id)
+
+            log.info("job %s start (attempt %d) %s %ss seed=%s", job.id, job.attempts, job.resolution,
+                     job.duration_s, job.seed, extra=ids)
+            try:
+                result = self.generator.generate(request, out_dir, progress=on_progress, should_cancel=should_cancel)
+            except GenerationCancelled:
+                if beat.lost:
+                    log.warning("job %s abandoned: lease lost", job.id, extra=ids)
+                elif self.queue.cancel_requested(job.id):
+                    self.queue.finish_cancelled(job.id, self.worker_id)
+                else:  # worker shutting down: hand it back without using up an attempt
+                    self.queue.release(job.id, self.worker_id)
+                return
+            except InvalidRequest as exc:
+                self.queue.fail(job.id, self.worker_id, str(exc), retryable=False)
+                return
+            except Exception as exc:
+                log.exception("job %s generator error", job.id, extra=ids)
+                self.queue.fail(job.id, self.worker_id, OOM_ERROR if _is_oom(exc) else CRASH_ERROR, retryable=True)
+                return
+        self.queue.complete(job.id, self.worker_id, str(result.video_path),
+                            None if result.cover_path is None else str(result.cover_path), result.seconds,
+                            result.label)
+
+
+def _configure_child_logging() -> None:
+    root = logging.getLogger()
+    if not root.handlers:
+        logging.basicConfig(level=logging.INFO,
+                            format="%(asctime)s %(levelname)s [worker %(process)d] %(name)s: %(message)s")
+
+
+def run_worker(settings: WorkerConfig, worker_id: str, stop: Any) -> None:
+    """Process main of the GPU worker. `stop` is a (multiprocessing) Event; returns when it is set."""
+    _configure_child_logging()
+    queue = open_queue(settings)
+    generator = build_worker_generator(settings)
+    log.info("worker %s ready (pid %d, generator %s)", worker_id, os.getpid(), generator.name,
+             extra={"worker_id": worker_id})
+    runner = JobRunner(queue, generator, settings.worker, worker_id, stop=stop)
+    while not stop.is_set():
+        try:
+            job = runner.run_once()
+        except Exception:  # a database hiccup must not end the worker; back off and retry
+            log.exception("worker %s loop error", worker_id, extra={"worker_id": worker_id})
+            job = None
+        if job is None:
+            stop.wait(settings.worker.poll_s)
+    log.info("worker %s stopped", worker_id, extra={"worker_id": worker_id})
+
+
+class WorkerSupervisor:
+    """Runs `run_worker` in a separate (spawned) process, restarts it with backoff when it dies, and
+    sweeps expired leases every `worker.recover_every_s`."""
+
+    def __init__(self, settings: WorkerConfig, *, worker_id: str = "gpu-worker", clock: Clock = time.time,
+                 target: Callable[[Any, str, Any], None] = run_worker) -> None:
+        self.settings = settings
+        self.worker_id = worker_id
+        self.clock = clock
+        self.target = target
+        self.restarts = 0
+        self._ctx = mp.get_context("spawn")
+        self._proc: Any = None
+        self._child_stop: Any = None
+        self._child_id = ""
+        self._stopping = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._queue: JobQueue | None = None
+
+    @property
+    def alive(self) -> bool:
+        return self._proc is not None and self._proc.is_alive()
+
+    @property
+    def pid(self) -> int | None:
+        return None if self._proc is None else self._proc.pid
+
+    @property
+    def child_id(self) -> str:
+        return self._child_id
+
+    def start(self) -> None:
+        if self._thread is not None:
+            return
+        self._queue = open_queue(self.settings, self.clock)
+        recovered = self._queue.recover_expired()
+        if recovered:
+            log.warning("start-up: recovered %d jobs with expired leases", len(recovered))
+        self._spawn()
+        self._thread = threading.Thread(target=self._monitor, name="worker-supervisor", daemon=True)
+        self._thread.start()
+
+    def _spawn(self) -> None:
+        self._child_id = f"{self.worker_id}-{os.getpid()}-{self.restarts}"
+        self._child_stop = self._ctx.Event()
+        self._proc = self._ctx.Process(target=self.target, args=(self.settings, self._child_id, self._child_stop),
+                                       name=self._child_id, daemon=True)
+        self._proc.start()
+        self._started_at = time.monotonic()
+        log.info("worker process %s started (pid %s)", self._child_id, self._proc.pid,
+                 extra={"worker_id": self._child_id})
+
+    def _monitor(self) -> None:
+        assert self._queue is not None
+        ws = self.settings.worker
+        backoff = ws.restart_backoff_s
+        next_sweep = time.monotonic() + ws.recover_every_s
+        while not self._stopping.wait(0.2):
+            if time.monotonic() >= next_sweep:
+                next_sweep = time.monotonic() + ws.recover_every_s
+                try:
+                    self._queue.recover_expired()
+                except Exception:
+                    log.exception("lease sweep failed")
+            if self._proc is not None and not self._proc.is_alive():
+                dead, code = self._child_id, self._proc.exitcode
+                log.error("worker process %s died (exit code %s); restarting in %.1fs", dead, code, backoff,
+                          extra={"worker_id": dead})
+                try:
+                    self._queue.recover_expired(owner=dead)
+                except Exception:
+                    log.exception("recovering jobs of %s failed", dead)
+                if time.monotonic() - self._started_at > 60:
+                    backoff = ws.restart_backoff_s  # it had been running fine: restart promptly
+                if self._stopping.wait(backoff):
+                    return
+                backoff = min(ws.restart_backoff_max_s, max(backoff * 2, 0.1))
+                self.restarts += 1
+                self._spawn()
+
+    def stop(self) -> None:
+        self._stopping.set()
+        if self._thread is not None:
+            self._thread.join(10)
+            self._thread = None
+        proc = self._proc
+        if proc is not None and proc.is_alive():
+            self._child_stop.set()
+            proc.join(self.settings.worker.stop_timeout_s)
+            if proc.is_alive():
+                log.warning("worker %s did not stop in time; killing it", self._child_id)
+                proc.kill()
+                proc.join(5)
+        if self._queue is not None and proc is not None:
+            self._queue.recover_expired(owner=self._child_id)  # jobs of a killed worker go back now
+        self._proc = None
