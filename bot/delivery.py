@@ -1,0 +1,174 @@
+"""Sends finished videos (and failure / cancel notes) back into the chat they came from.
+
+The loop polls `JobQueue.undelivered()` every `queue.delivery_poll_s` (and at once when poked). Rules:
+
+* Nothing is sent while `channel.connected` is False; it all goes out after reconnect.
+* Success → one `OutgoingVideo` (MP4 + cover, caption with prompt, seed, time taken and the generator
+  label, @-mentioning the requester in groups) → `mark_delivered`.
+* Failed / cancelled → a short Chinese note ("额度已退还") → `mark_notified`.
+* `DeliveryError(maybe_delivered=True)`: the other side may have it; mark it done, log, never resend.
+* A certain failure (DeliveryError without maybe_delivered, or any other error): retry with exponential
+  backoff (`queue.delivery_backoff_s`, doubling) up to `queue.delivery_max_attempts`; then a video job is
+  failed and refunded (`give_up_delivery`) and the user gets the failure note instead.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from bot.channel import Channel, DeliveryError
+from bot.messages import OutgoingText, OutgoingVideo
+from generation.jobs.models import Job, JobState
+from generation.jobs.queue import JobQueue
+from generation.jobs.settings import QueueSettings
+
+log = logging.getLogger(__name__)
+
+Clock = Callable[[], float]
+
+
+def _short(text: str, limit: int = 60) -> str:
+    text = " ".join(text.split())
+    return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
+def success_caption(job: Job) -> str:
+    seconds = job.seconds
+    if seconds is None and job.started_at is not None and job.finished_at is not None:
+        seconds = job.finished_at - job.started_at
+    lines = ["你的视频生成好了 🎬", f"提示词：{_short(job.prompt, 200)}"]
+    if job.final_prompt and job.final_prompt.strip() != job.prompt.strip():
+        lines.append(f"模型提示词：{_short(job.final_prompt, 200)}")
+    detail = f"种子：{job.seed}｜{job.resolution} {job.duration_s}秒"
+    if seconds is not None:
+        detail += f"｜生成用时 {seconds:.0f} 秒"
+    lines.append(detail)
+    if job.label:
+        lines.append(f"（{job.label}）")
+    return "\n".join(lines)
+
+
+def failure_text(job: Job) -> str:
+    reason = job.error or "生成失败"
+    return f"抱歉，你的视频没有生成成功：{reason}。\n提示词：{_short(job.prompt)}\n额度已退还（{job.cost} 点）。"
+
+
+def cancelled_text(job: Job) -> str:
+    return f"已停止你的视频任务（{_short(job.prompt, 30)}），额度已退还（{job.cost} 点）。"
+
+
+class DeliveryLoop:
+    def __init__(self, queue: JobQueue, channel: Channel, settings: QueueSettings | Any,
+                 clock: Clock = time.time) -> None:
+        self.queue = queue
+        self.channel = channel
+        # accepts the `queue` section or the root settings object (which has `.queue`)
+        self.settings: QueueSettings = settings if isinstance(settings, QueueSettings) else settings.queue
+        self.clock = clock
+        self._wake: asyncio.Event | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._task: asyncio.Task[None] | None = None
+
+    # ------------------------------------------------------------ lifecycle
+    async def start(self) -> None:
+        if self._task is None:
+            self._loop = asyncio.get_running_loop()
+            self._wake = asyncio.Event()
+            self._task = asyncio.create_task(self.run(), name="delivery-loop")
+
+    async def stop(self) -> None:
+        task, self._task = self._task, None
+        if task is not None:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+
+    def poke(self) -> None:
+        """Look for work now (safe from any thread)."""
+        if self._loop is not None and self._wake is not None:
+            self._loop.call_soon_threadsafe(self._wake.set)
+
+    async def run(self) -> None:
+        assert self._wake is not None
+        while True:
+            try:
+                await self.deliver_pending()
+            except asyncio.CancelledError:
+                raise
+            except Exception:  # keep delivering whatever happens to one round
+                log.exception("delivery round failed")
+            with contextlib.suppress(asyncio.TimeoutError):
+                await asyncio.wait_for(self._wake.wait(), self.settings.delivery_poll_s)
+            self._wake.clear()
+
+    # ------------------------------------------------------------ one round
+    async def deliver_pending(self) -> int:
+        """Handle every due undelivered job once; returns how many sends were attempted."""
+        attempted = 0
+        for job in self.queue.undelivered():
+            if not self.channel.connected:
+                log.info("channel %s offline; delivery paused", getattr(self.channel, "name", "?"))
+                break
+            if job.next_delivery_at is not None and job.next_delivery_at > self.clock():
+                continue
+            attempted += 1
+            await self._handle(job)
+        return attempted
+
+    async def _handle(self, job: Job) -> None:
+        ids = {"job_id": job.id, "user_id": job.user_id, "chat_id": job.chat_id}
+        mentions = (job.user_id,) if job.chat_kind == "group" else ()
+        is_video = job.state is JobState.SUCCEEDED
+        if is_video and (not job.video_path or not Path(job.video_path).exists()):
+            log.error("job %s: video file %s is missing; refunding", job.id, job.video_path, extra=ids)
+            self.queue.give_up_delivery(job.id)
+            return
+        try:
+            if is_video:
+                await self.channel.send_video(OutgoingVideo(
+                    chat_id=job.chat_id, video_path=str(job.video_path), cover_path=job.cover_path,
+                    caption=success_caption(job), mention_ids=mentions,
+                    meta={"job_id": str(job.id), "label": job.label}))
+            else:
+                text = cancelled_text(job) if job.state is JobState.CANCELLED else failure_text(job)
+                await self.channel.send_text(OutgoingText(chat_id=job.chat_id, text=text, mention_ids=mentions))
+        except DeliveryError as exc:
+            if exc.maybe_delivered:
+                log.warning("job %s: send may have reached the chat (%s); not retrying", job.id, exc, extra=ids)
+                self._done(job)
+                return
+            self._retry_or_give_up(job, str(exc), ids)
+            return
+        except Exception as exc:
+            log.exception("job %s: send failed", job.id, extra=ids)
+            self._retry_or_give_up(job, f"{type(exc).__name__}: {exc}", ids)
+            return
+        self._done(job)
+        log.info("job %s %s to %s", job.id, "delivered" if is_video else f"{job.state} note sent", job.chat_id,
+                 extra=ids)
+
+    def _done(self, job: Job) -> None:
+        if job.state is JobState.SUCCEEDED:
+            self.queue.mark_delivered(job.id)
+        else:
+            self.queue.mark_notified(job.id)
+
+    def _retry_or_give_up(self, job: Job, error: str, ids: dict[str, Any]) -> None:
+        attempts = self.queue.record_delivery_attempt(job.id, error)
+        if attempts < self.settings.delivery_max_attempts:
+            log.warning("job %s: send failed (%s), attempt %d/%d; will retry", job.id, error, attempts,
+                        self.settings.delivery_max_attempts, extra=ids)
+            return
+        if job.state is JobState.SUCCEEDED:
+            log.error("job %s: giving up sending the video after %d attempts; refunding", job.id, attempts,
+                      extra=ids)
+            self.queue.give_up_delivery(job.id)
+        else:
+            log.error("job %s: giving up the %s note after %d attempts", job.id, job.state, attempts, extra=ids)
+            self.queue.mark_notified(job.id)
