@@ -17,18 +17,18 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 from apscheduler.schedulers.asyncio import AsyncIOScheduler
-from generation.jobs.queue import JobQueue
-from generation.worker import WorkerSupervisor
 
 from bot.channel import Channel
-from bot.delivery import DeliveryLoop
-from bot.messages import Message
 from bot.core import build_dispatcher
+from bot.delivery import DeliveryLoop
 from bot.dispatcher import Dispatcher
+from bot.messages import Message
 from bot.plugin import Plugin
 from bot.settings import Settings
 from bot.store.db import open_db
 from bot.store.quota import QuotaBook
+from generation.jobs.queue import JobQueue
+from generation.worker import WorkerSupervisor
 from plugins import default_plugins
 
 log = logging.getLogger(__name__)

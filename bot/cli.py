@@ -23,8 +23,7 @@ from bot.settings import Settings, SettingsError, load_settings
 
 log = logging.getLogger("xiaoai")
 
-DEMO_PROMPT_ZH = "一只柴犬在雪地里奔跑"
-DEMO_PROMPT_EN = "a shiba inu running in the snow"
+DEMO_PROMPT = "a shiba inu running in the snow"  # the model's text encoders read English
 DEMO_I2V_PROMPT = "the waves roll gently towards the beach"
 
 
@@ -114,10 +113,9 @@ async def run_demo(
     await app.start()
     try:
         user = {"sender_id": "wxid_demo_user", "sender_name": "小明", "chat_id": "demo-room@chatroom"}
-        prompt = DEMO_PROMPT_ZH if pipeline is not None else DEMO_PROMPT_EN
         for text, image in (
             ("/帮助", None),
-            (f"/视频 {prompt}", None),
+            (f"/视频 {DEMO_PROMPT}", None),
             ("", demo_image_bytes()),
             (f"/视频 {DEMO_I2V_PROMPT}", None),
             ("/队列", None),
@@ -233,21 +231,11 @@ def build_parser() -> argparse.ArgumentParser:
     cfg = sub.add_parser("config", help="validate and print the configuration")
     cfg.set_defaults(func=cmd_config)
 
-    try:
-        from generation.cli import add_generate_parser, run_generate
-    except ImportError:
-        gen = sub.add_parser("generate", help="generate one video (not available in this build)")
-        gen.set_defaults(func=lambda _args: _missing("generation.cli"))
-    else:
-        gen = sub.add_parser("generate", help="generate one video from the command line")
-        add_generate_parser(gen)
-        gen.set_defaults(func=run_generate)
+    from generation.cli import add_generate_parser, run_generate
+
+    gen = add_generate_parser(sub)
+    gen.set_defaults(func=run_generate)
     return parser
-
-
-def _missing(module: str) -> int:
-    print(f"{module} 尚不可用 / is not available in this build", file=sys.stderr)
-    return 2
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -22,35 +22,11 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-
-class _PendingSection(BaseModel):
-    """Permissive stand-in for a section whose owning module has not landed yet (temporary)."""
-
-    model_config = ConfigDict(extra="allow")
-
-
-# Section models owned by other areas. Until a module lands, its section is a permissive
-# placeholder; each fallback is removed as soon as the real module exists.
-try:
-    from bot.channels.wechaty_settings import WechatySettings
-except ModuleNotFoundError:  # pragma: no cover - temporary
-    WechatySettings = _PendingSection  # type: ignore[misc,assignment]
-try:
-    from bot.prompts.settings import PromptSettings
-except ModuleNotFoundError:  # pragma: no cover - temporary
-    PromptSettings = _PendingSection  # type: ignore[misc,assignment]
-try:
-    from bot.store.settings import QuotaSettings, StorageSettings
-except ModuleNotFoundError:  # pragma: no cover - temporary
-    QuotaSettings = StorageSettings = _PendingSection  # type: ignore[misc,assignment]
-try:
-    from generation.jobs.settings import QueueSettings, WorkerSettings
-except ModuleNotFoundError:  # pragma: no cover - temporary
-    QueueSettings = WorkerSettings = _PendingSection  # type: ignore[misc,assignment]
-try:
-    from generation.settings import GenerationSettings
-except ModuleNotFoundError:  # pragma: no cover - temporary
-    GenerationSettings = _PendingSection  # type: ignore[misc,assignment]
+from bot.channels.wechaty_settings import WechatySettings
+from bot.prompts.settings import PromptSettings
+from bot.store.settings import QuotaSettings, StorageSettings
+from generation.jobs.settings import QueueSettings, WorkerSettings
+from generation.settings import GenerationSettings
 
 ENV_PREFIX = "XIAOAI__"
 DEFAULT_CONFIG = Path("config.yaml")

@@ -244,8 +244,10 @@ class VideoPlugin(Plugin):
                 log.info("prompt refused by the prompt pipeline", extra=ids)
                 await ctx.reply(message, prepared.refusal_message or "抱歉，这个提示词无法生成视频。")
                 return
-            final_prompt = prepared.final_prompt
-            notes = list(prepared.notes)
+            final_prompt = prepared.final_prompt or original
+            echo = getattr(prepared, "echo_text", None)
+            notes = [echo()] if callable(echo) else list(prepared.notes)
+            notes = [n for n in notes if n]
 
         image_path: str | None = None
         if image_msg is not None:
@@ -325,9 +327,10 @@ class VideoPlugin(Plugin):
         ]
         if default_prompt_used:
             lines.append("未提供提示词，使用默认动作描述。")
-        if spec.final_prompt != spec.prompt:
+        if notes:  # the prompt pipeline's echo: the English prompt the model gets, warnings
+            lines.extend(notes)
+        elif spec.final_prompt != spec.prompt:
             lines.append(f"模型提示词：{spec.final_prompt}")
-        lines.extend(notes)
         lines.append("发送 /取消 可以取消。")
         return "\n".join(lines)
 
