@@ -1,0 +1,331 @@
+"""Padding-isolated, temporal-causal attention of the Pyramid Flow DiTs (SPEC 4.4), two exact backends.
+
+Rule, for query i and key j of one sample: ``allowed(i, j) = (pad_i == pad_j) and (τ_i >= τ_j)``.
+
+Sequence layout used by every attention call of one forward (the model arranges it once):
+``[text pads of row b][valid text of row b][image tokens sorted by τ]`` — the text of each row is
+*left*-padded (the model permutes the text tokens once per forward; text tokens all sit at RoPE position
+0 and the rule is permutation-invariant, so this changes nothing but the order of the discarded text
+outputs). With that layout every query of group τ sees a *contiguous* key range:
+
+* pad queries of row b            -> keys ``[0, p_b)``
+* valid text + frame-0 image      -> keys ``[p_b, end_0)``
+* image queries of frame τ >= 1   -> keys ``[p_b, end_τ)``
+
+Backends:
+
+* ``"dense"``: the reference's behaviour, one SDPA call with a boolean ``[B, 1, L, L]`` mask.
+* ``"prefix"``: unmasked SDPA calls per temporal group over those contiguous ranges (one call for the
+  whole batch when all rows have the same text length, else one per row). Runs of small groups are
+  merged into one call with a small block mask (still exact) to limit launches.
+
+Both are exact; the plan (ranges, masks) is built once per (clip shapes, text mask) and reused.
+"""
+
+from __future__ import annotations
+
+import logging
+import weakref
+from collections import OrderedDict
+from collections.abc import Callable, Hashable, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+import torch
+import torch.nn.functional as F
+
+from generation.models.positions import apply_rope
+
+log = logging.getLogger(__name__)
+
+Backend = Literal["prefix", "dense"]
+DEFAULT_MERGE_TOKENS = 1024  # frames are merged into one masked call while their queries fit in this
+
+
+@dataclass(frozen=True, slots=True)
+class _Call:
+    rows: slice  # batch rows
+    q0: int  # query token range [q0, q1) in sequence coordinates
+    q1: int
+    k0: int  # key token range [k0, k1)
+    k1: int
+    mask: torch.Tensor | None  # bool [rows, 1, q1-q0, k1-k0] (True = attend) or None
+
+
+@dataclass(eq=False)
+class AttentionPlan:
+    """Everything attention needs for one token layout; build with `build_attention_plan`."""
+
+    batch: int
+    text_len: int
+    pad_counts: tuple[int, ...]  # per row: the first pad_counts[b] text tokens are padding
+    frame_tokens: tuple[int, ...]
+    is_pad: torch.Tensor  # bool [B, L]
+    tau: torch.Tensor  # int64 [L]
+    calls_all: tuple[_Call, ...]
+    calls_image: tuple[_Call, ...]
+    _dense: torch.Tensor | None = field(default=None, repr=False)
+
+    @property
+    def seq_len(self) -> int:
+        return self.text_len + sum(self.frame_tokens)
+
+    def allowed(self, q0: int, q1: int, k0: int, k1: int) -> torch.Tensor:
+        """The rule on a window: bool [B, 1, q1-q0, k1-k0]."""
+        pad = self.is_pad
+        same_pad = pad[:, q0:q1, None] == pad[:, None, k0:k1]
+        causal = self.tau[q0:q1, None] >= self.tau[None, k0:k1]
+        return (same_pad & causal[None]).unsqueeze(1)
+
+    def dense_mask(self) -> torch.Tensor:
+        if self._dense is None:
+            self._dense = self.allowed(0, self.seq_len, 0, self.seq_len)
+        return self._dense
+
+
+def _segments(frame_tokens: Sequence[int], merge_tokens: int) -> list[tuple[int, int]]:
+    """Greedy runs [a, m] of consecutive frames whose total query count stays <= merge_tokens."""
+    segs: list[tuple[int, int]] = []
+    a = 0
+    n = len(frame_tokens)
+    while a < n:
+        m, total = a, frame_tokens[a]
+        while m + 1 < n and total + frame_tokens[m + 1] <= merge_tokens:
+            m += 1
+            total += frame_tokens[m]
+        segs.append((a, m))
+        a = m + 1
+    return segs
+
+
+def build_attention_plan(
+    pad_counts: Sequence[int],
+    text_len: int,
+    frame_tokens: Sequence[int],
+    device: torch.device | str,
+    *,
+    merge_tokens: int = DEFAULT_MERGE_TOKENS,
+) -> AttentionPlan:
+    """Plan for a batch whose row b has ``pad_counts[b]`` leading text pads (left-padded layout)."""
+    pads = tuple(int(p) for p in pad_counts)
+    frames = tuple(int(n) for n in frame_tokens)
+    if any(p < 0 or p > text_len for p in pads):
+        raise ValueError(f"pad counts {pads} outside [0, {text_len}]")
+    if not frames or any(n <= 0 for n in frames):
+        raise ValueError(f"bad frame token counts {frames}")
+    batch, lt = len(pads), text_len
+    seq = lt + sum(frames)
+    ends: list[int] = []
+    acc = lt
+    for n in frames:
+        acc += n
+        ends.append(acc)
+    starts = [e - n for e, n in zip(ends, frames, strict=True)]
+
+    tau = torch.cat(
+        [
+            torch.zeros(lt, dtype=torch.int64),
+            torch.repeat_interleave(torch.arange(len(frames)), torch.tensor(frames, dtype=torch.int64)),
+        ]
+    )
+    is_pad = torch.arange(seq)[None, :] < torch.tensor(pads, dtype=torch.int64)[:, None]
+    plan = AttentionPlan(batch, lt, pads, frames, is_pad.to(device), tau.to(device), (), ())
+
+    uniform = len(set(pads)) == 1
+    row_groups: list[tuple[slice, int]] = (
+        [(slice(None), pads[0])] if uniform else [(slice(b, b + 1), pads[b]) for b in range(batch)]
+    )
+    k_min = min(pads)
+
+    def calls_for(q_lo: int) -> tuple[_Call, ...]:
+        calls: list[_Call] = []
+        for a, m in _segments(frames, merge_tokens):
+            k1 = ends[m]
+            q0 = max(0 if a == 0 else starts[a], q_lo)
+            if a == m:  # one temporal group: unmasked contiguous ranges
+                for rows, p in row_groups:
+                    if a == 0 and q_lo == 0 and p > 0:
+                        calls.append(_Call(rows, 0, p, 0, p, None))  # pads see only pads
+                    calls.append(_Call(rows, max(q0, p), k1, p, k1, None))
+            else:  # merged run of small groups: one call with the rule as a block mask
+                k0 = 0 if (a == 0 and q_lo == 0) else k_min
+                calls.append(_Call(slice(None), q0, k1, k0, k1, plan.allowed(q0, k1, k0, k1)))
+        return tuple(c for c in calls if c.q1 > c.q0)
+
+    plan.calls_all = calls_for(0)
+    plan.calls_image = calls_for(lt)
+    return plan
+
+
+def attend(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    plan: AttentionPlan,
+    backend: Backend = "prefix",
+    *,
+    image_only: bool = False,
+) -> torch.Tensor:
+    """Attention under the Pyramid Flow rule.
+
+    q: [B, H, Lq, D] where Lq = L (all queries) or the image part only (``image_only``); k, v: [B, H, L, D].
+    Returns [B, H, Lq, D].
+    """
+    lt = plan.text_len
+    if backend == "dense":
+        mask = plan.dense_mask()
+        if image_only:
+            mask = mask[:, :, lt:]
+        return F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
+    if backend != "prefix":
+        raise ValueError(f"unknown attention backend {backend!r}")
+    calls = plan.calls_image if image_only else plan.calls_all
+    base = lt if image_only else 0
+    if len(calls) == 1:
+        c = calls[0]
+        if c.rows == slice(None) and c.q0 - base == 0 and c.q1 - base == q.shape[2]:
+            return F.scaled_dot_product_attention(
+                q, k[:, :, c.k0 : c.k1], v[:, :, c.k0 : c.k1], attn_mask=c.mask
+            )
+    out = torch.empty_like(q)
+    for c in calls:
+        qs, qe = c.q0 - base, c.q1 - base
+        out[c.rows, :, qs:qe] = F.scaled_dot_product_attention(
+            q[c.rows, :, qs:qe], k[c.rows, :, c.k0 : c.k1], v[c.rows, :, c.k0 : c.k1], attn_mask=c.mask
+        )
+    return out
+
+
+# ---------------------------------------------------------------------------------------------------
+# Glue: the processor installed on the diffusers attention modules, and the per-forward context
+
+
+@dataclass(frozen=True, slots=True)
+class AttnContext:
+    """What every attention call of one forward needs (passed through the blocks' attention kwargs)."""
+
+    plan: AttentionPlan
+    rope: torch.Tensor | None  # complex64 [L, D/2] rotation table, or None
+    backend: Backend
+
+
+class PyramidAttnProcessor:
+    """Attention processor for diffusers' `FluxAttention` / `Attention` modules, routed to `attend`.
+
+    Joint (double-stream) modules get image states plus ``encoder_hidden_states`` (text) and return
+    ``(image_out, text_out)``; single-stream modules get the joined ``[text; image]`` sequence and return
+    the attention output without projection. q/k RMSNorm per head, then RoPE in fp32, then attention.
+    A context-pre-only module (last MM-DiT block) computes image queries only and returns ``(out, None)``.
+    """
+
+    def __init__(self, added_q_norm: str = "norm_added_q", added_k_norm: str = "norm_added_k") -> None:
+        self.added_q_norm = added_q_norm
+        self.added_k_norm = added_k_norm
+
+    def __call__(
+        self,
+        attn: Any,
+        hidden_states: torch.Tensor,
+        encoder_hidden_states: torch.Tensor | None = None,
+        attention_mask: torch.Tensor | None = None,
+        image_rotary_emb: Any = None,
+        ctx: AttnContext | None = None,
+    ) -> Any:
+        if ctx is None:
+            raise RuntimeError("PyramidAttnProcessor needs the forward's AttnContext (call through the PyramidDiT)")
+        if attention_mask is not None:
+            raise ValueError("PyramidAttnProcessor builds its own mask; attention_mask must be None")
+        b, n, _ = hidden_states.shape
+        heads = attn.heads
+        q = attn.to_q(hidden_states)
+        d = q.shape[-1] // heads
+        q = attn.norm_q(q.view(b, n, heads, d)).transpose(1, 2)
+        k = attn.norm_k(attn.to_k(hidden_states).view(b, n, heads, d)).transpose(1, 2)
+        v = attn.to_v(hidden_states).view(b, n, heads, d).transpose(1, 2)
+        image_only = False
+        lt = 0
+        if encoder_hidden_states is not None:
+            lt = encoder_hidden_states.shape[1]
+            norm_aq = getattr(attn, self.added_q_norm)
+            norm_ak = getattr(attn, self.added_k_norm)
+            tk = norm_ak(attn.add_k_proj(encoder_hidden_states).view(b, lt, heads, d)).transpose(1, 2)
+            tv = attn.add_v_proj(encoder_hidden_states).view(b, lt, heads, d).transpose(1, 2)
+            k = torch.cat([tk, k], dim=2)
+            v = torch.cat([tv, v], dim=2)
+            if getattr(attn, "context_pre_only", False):
+                image_only = True
+                q = q.contiguous()
+            else:
+                tq = norm_aq(attn.add_q_proj(encoder_hidden_states).view(b, lt, heads, d)).transpose(1, 2)
+                q = torch.cat([tq, q], dim=2)
+        else:
+            q, k, v = q.contiguous(), k.contiguous(), v.contiguous()
+        if ctx.rope is not None:
+            q = apply_rope(q, ctx.rope[ctx.plan.text_len :] if image_only else ctx.rope)
+            k = apply_rope(k, ctx.rope)
+        o = attend(q, k, v, ctx.plan, ctx.backend, image_only=image_only)
+        o = o.transpose(1, 2).reshape(b, o.shape[2], heads * d).to(hidden_states.dtype)
+        if encoder_hidden_states is None:
+            return o
+        if image_only:
+            return attn.to_out[1](attn.to_out[0](o)), None
+        txt, img = o[:, :lt], o[:, lt:]
+        return attn.to_out[1](attn.to_out[0](img)), attn.to_add_out(txt)
+
+
+# ---------------------------------------------------------------------------------------------------
+# Text mask handling and the plan cache
+
+
+class HostMaskReader:
+    """Host copy of the text mask, read once per mask tensor object (no device sync on repeated steps).
+
+    The sampler passes the same mask tensor at every step; a new tensor object (or an in-place edit,
+    seen through the tensor version counter) is read again.
+    """
+
+    def __init__(self) -> None:
+        self._ref: weakref.ref[torch.Tensor] | None = None
+        self._version = -1
+        self._value: torch.Tensor | None = None
+
+    def __call__(self, mask: torch.Tensor) -> torch.Tensor:
+        if self._ref is not None and self._ref() is mask and mask._version == self._version:
+            assert self._value is not None
+            return self._value
+        value = (mask.detach() != 0).to("cpu")
+        self._ref, self._version, self._value = weakref.ref(mask), mask._version, value
+        return value
+
+
+def text_order(valid: torch.Tensor) -> tuple[torch.Tensor, tuple[int, ...]]:
+    """Per-row permutation putting pads first (stable), and the pad count of each row.
+
+    valid: bool [B, L_t] on the CPU. Returns (int64 [B, L_t] gather index, pad counts).
+    """
+    order = torch.argsort(valid.to(torch.int8), dim=1, stable=True)
+    pads = tuple(int(x) for x in (~valid).sum(dim=1).tolist())
+    return order, pads
+
+
+class PlanCache:
+    """Small LRU cache for per-layout forward plans."""
+
+    def __init__(self, max_entries: int = 8) -> None:
+        self.max_entries = max_entries
+        self._items: OrderedDict[Hashable, Any] = OrderedDict()
+        self.builds = 0  # number of cache misses (tests check that repeated steps do not rebuild)
+
+    def get(self, key: Hashable, build: Callable[[], Any]) -> Any:
+        if key in self._items:
+            self._items.move_to_end(key)
+            return self._items[key]
+        value = build()
+        self.builds += 1
+        self._items[key] = value
+        while len(self._items) > self.max_entries:
+            self._items.popitem(last=False)
+        return value
+
+    def clear(self) -> None:
+        self._items.clear()

@@ -1,0 +1,137 @@
+"""What both Pyramid Flow DiT variants share: the forward plan (layout, attention plan, position
+tables), its cache, the text re-ordering and the input checks of the forward contract."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from generation.models.attention import (
+    DEFAULT_MERGE_TOKENS,
+    AttentionPlan,
+    AttnContext,
+    Backend,
+    HostMaskReader,
+    PlanCache,
+    build_attention_plan,
+    text_order,
+)
+from generation.models.positions import TokenLayout, token_layout
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True, slots=True)
+class ForwardPlan:
+    layout: TokenLayout
+    attention: AttentionPlan
+    text_order: torch.Tensor  # int64 [B, L_t] on the model device: pads first
+    rope: torch.Tensor | None  # complex64 [L, D/2]
+    pos_embed: torch.Tensor | None  # additive image-token embedding [N, D] (mmdit), model dtype
+
+
+class PyramidDiTBase(nn.Module):
+    """Base of `PyramidFluxDiT` / `PyramidMMDiT`; subclasses fill `_position_tables` and `forward`."""
+
+    def __init__(self, attention_backend: Backend = "prefix", merge_tokens: int = DEFAULT_MERGE_TOKENS) -> None:
+        super().__init__()
+        self.attention_backend: Backend = attention_backend
+        self.merge_tokens = merge_tokens
+        self.plan_cache = PlanCache()
+        self._mask_reader = HostMaskReader()
+
+    def set_attention_backend(self, backend: Backend) -> None:
+        if backend not in ("prefix", "dense"):
+            raise ValueError(f"unknown attention backend {backend!r}")
+        self.attention_backend = backend
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return next(self.parameters()).dtype
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.parameters()).device
+
+    def _position_tables(
+        self, layout: TokenLayout, text_len: int, device: torch.device, dtype: torch.dtype
+    ) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+        raise NotImplementedError
+
+    def _plan_key_extra(self) -> tuple[object, ...]:
+        return ()
+
+    def _check_inputs(
+        self,
+        clips: Sequence[torch.Tensor],
+        encoder_hidden_states: torch.Tensor,
+        encoder_attention_mask: torch.Tensor,
+        pooled_projections: torch.Tensor,
+        latent_channels: int,
+    ) -> None:
+        if not clips:
+            raise ValueError("clips must hold at least the current noisy latent")
+        b = encoder_hidden_states.shape[0]
+        for i, c in enumerate(clips):
+            if c.dim() != 5 or c.shape[0] != b or c.shape[1] != latent_channels:
+                raise ValueError(
+                    f"clip {i} has shape {tuple(c.shape)}; expected [{b}, {latent_channels}, t, h, w]"
+                )
+        if tuple(encoder_attention_mask.shape) != tuple(encoder_hidden_states.shape[:2]):
+            raise ValueError(
+                f"encoder_attention_mask {tuple(encoder_attention_mask.shape)} does not match "
+                f"encoder_hidden_states {tuple(encoder_hidden_states.shape)}"
+            )
+        if pooled_projections.shape[0] != b:
+            raise ValueError("pooled_projections batch differs from encoder_hidden_states")
+
+    def forward_plan(self, clips: Sequence[torch.Tensor], encoder_attention_mask: torch.Tensor) -> ForwardPlan:
+        """The cached plan for these clip shapes and this text mask (built on the first step only)."""
+        device, dtype = self.device, self.dtype
+        valid = self._mask_reader(encoder_attention_mask)
+        shapes = tuple((int(c.shape[2]), int(c.shape[3]), int(c.shape[4])) for c in clips)
+        key = (shapes, tuple(valid.shape), valid.numpy().tobytes(), str(device), dtype, self.merge_tokens,
+               *self._plan_key_extra())
+        build: Callable[[], ForwardPlan] = lambda: self._build_plan(shapes, valid, device, dtype)  # noqa: E731
+        return self.plan_cache.get(key, build)
+
+    def _build_plan(
+        self, shapes: tuple[tuple[int, int, int], ...], valid: torch.Tensor, device: torch.device, dtype: torch.dtype
+    ) -> ForwardPlan:
+        layout = token_layout(shapes)
+        order, pads = text_order(valid)
+        text_len = valid.shape[1]
+        attention = build_attention_plan(pads, text_len, layout.frame_tokens, device, merge_tokens=self.merge_tokens)
+        rope, pos = self._position_tables(layout, text_len, device, dtype)
+        log.debug(
+            "built DiT forward plan: clips=%s text_pads=%s tokens=%d calls=%d",
+            shapes, pads, attention.seq_len, len(attention.calls_all),
+        )
+        return ForwardPlan(layout, attention, order.to(device), rope, pos)
+
+    def context(self, plan: ForwardPlan) -> AttnContext:
+        return AttnContext(plan.attention, plan.rope, self.attention_backend)
+
+    @staticmethod
+    def reorder_text(x: torch.Tensor, plan: ForwardPlan) -> torch.Tensor:
+        """Gather text tokens [B, L_t, F] into the plan's pads-first order."""
+        idx = plan.text_order
+        return torch.gather(x, 1, idx[:, :, None].expand(-1, -1, x.shape[-1]))
+
+    @staticmethod
+    def batch_timestep(timestep: torch.Tensor | float, batch: int, device: torch.device) -> torch.Tensor:
+        t = torch.as_tensor(timestep, device=device)
+        if t.dim() == 0:
+            t = t.expand(batch)
+        if t.shape != (batch,):
+            raise ValueError(f"timestep must be a scalar or [{batch}], got {tuple(t.shape)}")
+        return t
+
+    def _load_from_state_dict(self, *args, **kwargs):  # type: ignore[no-untyped-def]
+        # Cached tables may depend on loaded buffers (the mmdit sin-cos table): drop them on load.
+        self.plan_cache.clear()
+        return super()._load_from_state_dict(*args, **kwargs)
