@@ -143,14 +143,15 @@ def detect_model_name(root: Path, variant: str) -> str:
     raise CheckpointError(f"{root / f'diffusion_transformer_{variant}' / 'config.json'}: cannot tell the model type")
 
 
-def load_dit(root: Path, variant: str, model_name: str, *, dtype: torch.dtype, device: torch.device) -> nn.Module:
+def load_dit(root: Path, variant: str, model_name: str, *, dtype: torch.dtype, device: torch.device,
+             attention_backend: str = "prefix") -> nn.Module:
     from generation.models import build_dit
 
     folder = Path(root) / f"diffusion_transformer_{variant}"
     config = read_config(folder)
     with init_empty_weights(include_buffers=False):
         try:
-            dit = build_dit(model_name, config)
+            dit = build_dit(model_name, config, attention_backend=attention_backend)
         except Exception as exc:  # noqa: BLE001 - config the DiT rejects
             raise CheckpointError(f"{folder / 'config.json'}: cannot build {model_name} ({exc})") from exc
     load_weights_into(dit, folder, dtype)
@@ -193,6 +194,7 @@ def load_pipeline(
     load_text: bool = True,
     negative_prompt: str | None = None,
     prompt_suffix: str | None = None,
+    attention_backend: str = "prefix",
 ) -> PipelineComponents:
     from generation.text_encoders import PromptEncoder, TextEncoderError, load_text_encoder
 
@@ -206,7 +208,7 @@ def load_pipeline(
     if model_name not in MODEL_NAMES:
         raise CheckpointError(f"unknown model name {model_name!r} (expected one of {MODEL_NAMES})")
     log.info("loading %s %s from %s (%s on %s)", model_name, variant, root, dtype, device)
-    dit = load_dit(root, variant, model_name, dtype=dtype, device=device)
+    dit = load_dit(root, variant, model_name, dtype=dtype, device=device, attention_backend=attention_backend)
     vae = load_vae(root, dtype=dtype, device=device)
     text = None
     if load_text:

@@ -157,14 +157,36 @@ class PyramidFlowGenerator:
 
     def _run(self, job: Job, out_dir: Path, progress: ProgressFn | None, should_cancel: CancelFn | None,
              noise: NoiseSource) -> GenerationResult:
+        jid = uuid.uuid4().hex[:12]
+        t0 = time.perf_counter()
+        log.info("job %s: start %s %dx%d temp=%d seed=%d", jid, "i2v" if job.image is not None else "t2v",
+                 job.width, job.height, job.temp, job.seed)
+        frames, timings = self.render(job, noise=noise, progress=progress, should_cancel=should_cancel)
+        t1 = time.perf_counter()
+        out_dir.mkdir(parents=True, exist_ok=True)
+        video_path = write_mp4(frames, out_dir / f"{jid}.mp4", fps=self.settings.fps)
+        cover_path = write_cover(frames[0], out_dir / f"{jid}.jpg")
+        t_end = time.perf_counter()
+        timings["encode_s"] = t_end - t1
+        timings["total_s"] = t_end - t0
+        if progress is not None:
+            progress(Progress(unit=job.temp - 1, units=job.temp, stage=2, step=0, steps=0, fraction=1.0,
+                              message="完成"))
+        log.info("job %s: done %s in %.1fs", jid, video_path, timings["total_s"])
+        return GenerationResult(
+            video_path=video_path, cover_path=cover_path, seconds=frames.shape[0] / self.settings.fps,
+            frames=int(frames.shape[0]), width=int(frames.shape[2] - frames.shape[2] % 2),
+            height=int(frames.shape[1] - frames.shape[1] % 2), label=self.c.label, extra=timings,
+        )
+
+    def render(self, job: Job, *, noise: NoiseSource, progress: ProgressFn | None = None,
+               should_cancel: CancelFn | None = None) -> tuple[np.ndarray, dict[str, float]]:
+        """Encode text (and image), sample, decode: uint8 frames [F, H, W, 3] and stage timings."""
         c = self.c
         if c.text is None:
             raise RuntimeError("this generator has no text encoder loaded")
         t0 = time.perf_counter()
         device = self.placement.device
-        jid = uuid.uuid4().hex[:12]
-        log.info("job %s: start %s %dx%d temp=%d seed=%d", jid, "i2v" if job.image is not None else "t2v",
-                 job.width, job.height, job.temp, job.seed)
         cancel = should_cancel or (lambda: False)
         with torch.inference_mode():
             with self.placement.use(*c.text.encoder.modules()):
@@ -216,21 +238,7 @@ class PyramidFlowGenerator:
                     frames = decode_to_frames(c.vae, latents, self.norm, tiling=self.settings.vae_tiling,
                                               dtype=c.dtype)
         t_decode = time.perf_counter()
-        out_dir.mkdir(parents=True, exist_ok=True)
-        video_path = write_mp4(frames, out_dir / f"{jid}.mp4", fps=self.settings.fps)
-        cover_path = write_cover(frames[0], out_dir / f"{jid}.jpg")
-        t_end = time.perf_counter()
-        if progress is not None:
-            progress(Progress(unit=job.temp - 1, units=job.temp, stage=2, step=0, steps=0, fraction=1.0,
-                              message="完成"))
-        timings = {"text_s": t_text - t0, "sample_s": t_sample - t_text, "decode_s": t_decode - t_sample,
-                   "encode_s": t_end - t_decode, "total_s": t_end - t0}
-        log.info("job %s: done %s in %.1fs", jid, video_path, timings["total_s"])
-        return GenerationResult(
-            video_path=video_path, cover_path=cover_path, seconds=frames.shape[0] / self.settings.fps,
-            frames=int(frames.shape[0]), width=int(frames.shape[2] - frames.shape[2] % 2),
-            height=int(frames.shape[1] - frames.shape[1] % 2), label=c.label, extra=timings,
-        )
+        return frames, {"text_s": t_text - t0, "sample_s": t_sample - t_text, "decode_s": t_decode - t_sample}
 
 
 def build_components(settings: GenerationSettings) -> PipelineComponents:
@@ -241,7 +249,8 @@ def build_components(settings: GenerationSettings) -> PipelineComponents:
     dtype = resolve_dtype(settings.dtype, device)
     if settings.checkpoint is None:
         comps = build_tiny_pipeline(settings.tiny_model_name, settings.tiny_seed, dtype=dtype, device=device,
-                                    width=settings.tiny_width, height=settings.tiny_height)
+                                    width=settings.tiny_width, height=settings.tiny_height,
+                                    attention_backend=settings.attention_backend)
         if comps.text is not None:
             if settings.negative_prompt is not None:
                 comps.text.negative_prompt = settings.negative_prompt
@@ -249,7 +258,8 @@ def build_components(settings: GenerationSettings) -> PipelineComponents:
                 comps.text.suffix = settings.prompt_suffix
         return comps
     return load_pipeline(settings.checkpoint, settings.variant, settings.model_name, dtype=dtype, device=device,
-                         negative_prompt=settings.negative_prompt, prompt_suffix=settings.prompt_suffix)
+                         negative_prompt=settings.negative_prompt, prompt_suffix=settings.prompt_suffix,
+                         attention_backend=settings.attention_backend)
 
 
 def build_generator(settings: GenerationSettings) -> PyramidFlowGenerator:

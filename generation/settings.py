@@ -11,7 +11,7 @@ ModelName = Literal["pyramid_flux", "pyramid_mmdit"]
 Variant = Literal["384p", "768p"]
 DType = Literal["auto", "bf16", "fp32", "fp16"]
 PlacementName = Literal["gpu", "model_offload", "sequential_offload"]
-AttentionBackend = Literal["auto", "sdpa", "math"]
+AttentionBackend = Literal["prefix", "dense"]
 
 
 class GenerationSettings(BaseModel):
@@ -27,7 +27,7 @@ class GenerationSettings(BaseModel):
     placement: PlacementName = "gpu"
     vae_tiling: bool = True  # tiled VAE decode/encode (256 px tiles), as the reference's save_memory mode
     stream_decode: bool = False  # decode each finished latent frame while later frames are generated
-    attention_backend: AttentionBackend = "auto"
+    attention_backend: AttentionBackend = "prefix"  # exact per-time-group attention, or the dense mask
     bit_faithful_bf16: bool = True  # round latents/timesteps to the model dtype like the reference
 
     # Sampling defaults (reference demo values).

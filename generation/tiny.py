@@ -147,6 +147,7 @@ def build_tiny_pipeline(
     width: int = 128,
     height: int = 64,
     with_text: bool = True,
+    attention_backend: str = "prefix",
 ) -> PipelineComponents:
     """Tiny DiT + tiny VAE + tiny text models with seeded random weights."""
     from generation.models import build_dit
@@ -157,7 +158,7 @@ def build_tiny_pipeline(
     if width % 64 or height % 64:
         raise ValueError("tiny resolution must be a multiple of 64")
     g = torch.Generator().manual_seed(int(seed))
-    dit = reseed_(build_dit(model_name, dict(TINY_DIT_CONFIGS[model_name])), g).eval().requires_grad_(False)
+    dit = reseed_(build_dit(model_name, dict(TINY_DIT_CONFIGS[model_name]), attention_backend=attention_backend), g).eval().requires_grad_(False)
     vae = reseed_(CausalVideoVAE(VAEConfig.from_dict(TINY_VAE_CONFIG)), g).eval().requires_grad_(False)
     text = PromptEncoder(_tiny_text_encoder(model_name, g)) if with_text else None
     device = torch.device(device)
