@@ -188,7 +188,7 @@ class PyramidFlowGenerator:
         t0 = time.perf_counter()
         device = self.placement.device
         cancel = should_cancel or (lambda: False)
-        with torch.inference_mode():
+        with torch.no_grad():  # not inference_mode: the DiT plan cache reads tensor version counters
             with self.placement.use(*c.text.encoder.modules()):
                 text = c.text(job.prompt, job.negative_prompt, device=device, cfg=job.options.guidance_scale > 0)
             t_text = time.perf_counter()
