@@ -233,7 +233,9 @@ class ChatCompletionsServer:
 
         self._server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
         self._server.daemon_threads = True
-        self._thread = threading.Thread(target=self._server.serve_forever, name="chat-server", daemon=True)
+        self._thread = threading.Thread(
+            target=self._server.serve_forever, kwargs={"poll_interval": 0.02}, name="chat-server", daemon=True
+        )
 
     @property
     def base_url(self) -> str:

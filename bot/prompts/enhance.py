@@ -30,6 +30,7 @@ _PATTERNS = {
     aspect: re.compile(r"\b(?:" + "|".join(re.escape(k) for k in words) + r")\b", re.IGNORECASE)
     for aspect, words in _ASPECT_KEYWORDS.items()
 }
+_REPEATED_SEPARATORS = re.compile(r"\s*([,;:])(?:\s*[,;:])+")
 
 
 def covered_aspects(prompt: str) -> set[str]:
@@ -52,5 +53,7 @@ class TemplateEnhancer:
             "style": "" if "style" in covered else self.settings.style,
         }
         filled = self.settings.template.format_map(parts)
-        pieces = [p.strip() for p in filled.split(",")]
-        return ", ".join(p for p in pieces if p)
+        # Tidy the separators an empty part leaves behind: ", ," → ",", ": A dog" → "A dog".
+        filled = _REPEATED_SEPARATORS.sub(r"\1", filled)
+        filled = re.sub(r"\s*,\s*", ", ", filled)
+        return " ".join(filled.split()).strip(" ,;:")

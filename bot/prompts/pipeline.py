@@ -193,9 +193,9 @@ class PromptPipeline:
 
     def _strip_suffix(self, prompt: str) -> str:
         """The generator appends the model's prompt suffix itself; drop a copy the user or an LLM added."""
-        suffix = self.settings.prompt_suffix.strip()
-        if suffix and prompt.endswith(suffix):
-            return prompt[: -len(suffix)].rstrip(" ,")
+        core = self.settings.prompt_suffix.strip(" ,")
+        if core and prompt.rstrip(" .").casefold().endswith(core.casefold()):
+            return prompt.rstrip(" .")[: -len(core)].rstrip(" ,")
         return prompt
 
     async def prepare(
@@ -240,8 +240,8 @@ class PromptPipeline:
                             user_id=user_id,
                             chat_id=chat_id,
                         )
+            english = self._strip_suffix(english)
             final = self.enhancer.enhance(english) if self.enhancer is not None else english
-            final = self._strip_suffix(final)
 
         if self.moderator is not None:
             try:
