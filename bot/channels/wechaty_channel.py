@@ -642,9 +642,19 @@ def _bot_class(base: type) -> type:
     return _ChannelBot
 
 
-async def serve_wechat(settings: Any, environ: Mapping[str, str] | None = None) -> int:
-    """Entry point for `xiaoai run`: 2 when no endpoint is configured (message on stderr), else
-    runs the app on the WeChat channel until cancelled. The app wiring is provided by `bot.app`."""
+async def serve_wechat(
+    settings: Any,
+    environ: Mapping[str, str] | None = None,
+    *,
+    stop: asyncio.Event | None = None,
+) -> int:
+    """`xiaoai run`: the whole bot on WeChat until SIGINT/SIGTERM (or `stop` is set).
+
+    Returns 2 with a bilingual how-to on stderr when no endpoint is configured. An unreachable
+    gateway is not fatal: the error is logged, the queue and worker keep running, and the channel
+    keeps reconnecting with backoff; finished videos go out once it is back.
+    """
+    import signal
     import sys
 
     try:
@@ -652,10 +662,28 @@ async def serve_wechat(settings: Any, environ: Mapping[str, str] | None = None) 
     except ChannelConfigError as exc:
         print(str(exc), file=sys.stderr)
         return 2
-    from bot import app as app_module  # the chat-core wiring; imported late to keep this module light
+    from bot.app import App, build_pipeline  # the chat-core wiring, imported late (it is heavy)
 
-    runner = getattr(app_module, "run_app", None)
-    if runner is None:
-        print("bot.app.run_app is missing", file=sys.stderr)
-        return 1
-    return int(await runner(settings, channel) or 0)
+    app = App(settings, channel, pipeline=build_pipeline(settings))
+    stop = stop or asyncio.Event()
+    loop = asyncio.get_running_loop()
+    handled: list[int] = []
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        with contextlib.suppress(NotImplementedError, RuntimeError, ValueError):
+            loop.add_signal_handler(sig, stop.set)
+            handled.append(sig)
+    await app.start()
+    log.info("xiaoai serving wechat via %s", channel._conn.endpoint)
+    if not await channel.wait_connected(channel._settings.connect_timeout_s):
+        print(
+            f"微信网关暂未连接（{channel._conn.endpoint}），后台将自动重试：{channel.last_error or '等待登录'}\n"
+            f"WeChat gateway not connected yet ({channel._conn.endpoint}); retrying in the background.",
+            file=sys.stderr,
+        )
+    try:
+        await stop.wait()
+    finally:
+        await app.stop()
+        for sig in handled:
+            loop.remove_signal_handler(sig)
+    return 0
