@@ -94,7 +94,9 @@ def _frames_check(name: str, ours: np.ndarray, ref: torch.Tensor, tol_abs: float
                        tol_abs, tol_frac)
 
 
-def run(fixture_dir: Path, sidecar_name: str) -> list[CheckResult]:
+def run(fixture_dir: Path, sidecar_name: str, *, record_calls: list[dict] | None = None) -> list[CheckResult]:
+    """All checks of one e2e fixture. With `record_calls`, every DiT call is appended to it as
+    {"sample": [clip shapes], "timestep": [floats]} (compare with the sidecar's `dit_calls`)."""
     fixture_dir = Path(fixture_dir)
     side = json.loads((fixture_dir / sidecar_name).read_text(encoding="utf-8"))
     tensors = load_file(str(fixture_dir / (Path(sidecar_name).stem + ".safetensors")))
@@ -104,7 +106,13 @@ def run(fixture_dir: Path, sidecar_name: str) -> list[CheckResult]:
     tol_fr_abs = float(tol.get("frames_max_abs", 1))
     tol_fr_frac = float(tol.get("frames_max_fraction_differing", 1e-3))
     method, kw = parse_call(side["call"])
-    model_name, dit, vae = _load_models(fixture_dir, side)
+    model_name, model, vae = _load_models(fixture_dir, side)
+    dit = model
+    if record_calls is not None:
+
+        def dit(clips, *args):  # same call, logged
+            record_calls.append({"sample": [list(c.shape) for c in clips], "timestep": args[-1].tolist()})
+            return model(clips, *args)
     norm = _norm_from_sidecar(side, model_name)
     consts = (side.get("pipeline_constants_in_effect") or {}).get("scheduler", {})
     schedule = build_schedule(
