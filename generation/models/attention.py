@@ -287,13 +287,15 @@ class HostMaskReader:
     def __init__(self) -> None:
         self._ref: weakref.ref[torch.Tensor] | None = None
         self._version = -1
-        self._value: torch.Tensor | None = None
+        self._value: tuple[torch.Tensor, bytes] | None = None
 
-    def __call__(self, mask: torch.Tensor) -> torch.Tensor:
+    def __call__(self, mask: torch.Tensor) -> tuple[torch.Tensor, bytes]:
+        """(bool [B, L_t] CPU copy of ``mask != 0``, a hashable signature of it)."""
         if self._ref is not None and self._ref() is mask and mask._version == self._version:
             assert self._value is not None
             return self._value
-        value = (mask.detach() != 0).to("cpu")
+        valid = (mask.detach() != 0).to("cpu")
+        value = (valid, bytes(str(tuple(valid.shape)), "ascii") + valid.numpy().tobytes())
         self._ref, self._version, self._value = weakref.ref(mask), mask._version, value
         return value
 

@@ -90,12 +90,15 @@ class PyramidDiTBase(nn.Module):
             raise ValueError("pooled_projections batch differs from encoder_hidden_states")
 
     def forward_plan(self, clips: Sequence[torch.Tensor], encoder_attention_mask: torch.Tensor) -> ForwardPlan:
-        """The cached plan for these clip shapes and this text mask (built on the first step only)."""
+        """The cached plan for these clip shapes and this text mask (built on the first step only).
+
+        The text mask is read to the host once per mask tensor object: pass the same tensor at every
+        step to avoid a device sync per forward.
+        """
         device, dtype = self.device, self.dtype
-        valid = self._mask_reader(encoder_attention_mask)
+        valid, signature = self._mask_reader(encoder_attention_mask)
         shapes = tuple((int(c.shape[2]), int(c.shape[3]), int(c.shape[4])) for c in clips)
-        key = (shapes, tuple(valid.shape), valid.numpy().tobytes(), str(device), dtype, self.merge_tokens,
-               *self._plan_key_extra())
+        key = (shapes, signature, str(device), dtype, self.merge_tokens, *self._plan_key_extra())
         build: Callable[[], ForwardPlan] = lambda: self._build_plan(shapes, valid, device, dtype)  # noqa: E731
         return self.plan_cache.get(key, build)
 
