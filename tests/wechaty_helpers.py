@@ -36,7 +36,6 @@ def clean_env(monkeypatch: pytest.MonkeyPatch, tmp_path_factory: pytest.TempPath
 def fast_settings(tmp: Path, **overrides: Any) -> WechatySettings:
     values: dict[str, Any] = {
         "cache_dir": tmp / "wechaty-cache",
-        "download_dir": tmp / "downloads",
         "reconnect_initial_s": 0.05,
         "reconnect_max_s": 0.4,
         "connect_timeout_s": 1.0,

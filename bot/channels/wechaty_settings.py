@@ -40,8 +40,6 @@ class WechatySettings(BaseModel):
     name: str = "xiaoai-video"
     # wechaty's own cache folder (its plugin job store lives there); must be ours, not ./.wechaty.
     cache_dir: Path = Path("var/wechaty")
-    # Where incoming images are written while they are being fetched.
-    download_dir: Path = Path("var/wechaty/downloads")
     # Supervision: reconnect with exponential backoff between these bounds.
     connect_timeout_s: float = Field(default=5.0, gt=0)
     reconnect_initial_s: float = Field(default=1.0, gt=0)
