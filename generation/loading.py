@@ -195,6 +195,7 @@ def load_pipeline(
     negative_prompt: str | None = None,
     prompt_suffix: str | None = None,
     attention_backend: str = "prefix",
+    t5_max_length: int = 128,
 ) -> PipelineComponents:
     from generation.text_encoders import PromptEncoder, TextEncoderError, load_text_encoder
 
@@ -213,7 +214,7 @@ def load_pipeline(
     text = None
     if load_text:
         try:
-            encoder = load_text_encoder(root, model_name, dtype=dtype, device=device)
+            encoder = load_text_encoder(root, model_name, dtype=dtype, device=device, t5_max_length=t5_max_length)
         except TextEncoderError as exc:
             raise CheckpointError(str(exc)) from exc
         kwargs = {}
