@@ -250,3 +250,14 @@ def test_load_checkpoint_folder_missing_weights(tmp_path, sidecar):
     (tmp_path / "config.json").write_text(json.dumps(sidecar["config"]))
     with pytest.raises(FileNotFoundError, match="no VAE weights"):
         load_causal_vae(tmp_path)
+
+
+def test_chunk_bounds_reference_rule():
+    from generation.models.vae import chunk_bounds
+
+    assert chunk_bounds(3, 1) == [(0, 2), (2, 3)]
+    assert chunk_bounds(3, 2) == [(0, 3)]
+    assert chunk_bounds(17, 8) == [(0, 9), (9, 17)]
+    assert chunk_bounds(16, 2) == [(0, 3), (3, 5), (5, 7), (7, 9), (9, 11), (11, 13), (13, 15), (15, 16)]
+    with pytest.raises(ValueError):
+        chunk_bounds(3, 0)

@@ -1,5 +1,21 @@
 """Timing/memory probe of the VAE decode modes on a GPU (random full-size weights; weights do not
 change the work). Usage: python -m generation.models.vae.bench --height 384 --width 640 --latent-frames 16
+
+Measured on one H100 80GB (PyTorch 2.11, bf16, best of 2 after warm-up; seconds / peak GiB):
+
+| mode | 384x640, 16 latent -> 121 frames | 768x1280, 31 latent -> 241 frames (1 run) |
+| --- | --- | --- |
+| full (unchunked, untiled) | 3.77 / 65.0 | - |
+| chunk_window=2, untiled | 1.86 / 13.0 | 15.8 / 50.5 |
+| chunk_window=1, untiled | 1.98 / 8.3 | 16.0 / 31.8 |
+| stream, one latent frame per push | 2.00 / 8.3 | - |
+| tiles 512 px, window 2 (reference save_memory=False) | 2.25 / 11.4 | 22.4 / 25.3 |
+| tiles 256 px, window 1 (reference save_memory=True) | 3.25 / 5.5 | 27.4 / 17.0 |
+
+Kernel profile of chunk_window=2 at 384p (1.87 s of GPU time): cuDNN implicit-GEMM convs ~42 %,
+strided copies (per-frame GroupNorm transposes, causal time padding, depth-to-space) ~36 %,
+NCDHW<->NDHWC conversions around each conv ~11 %, GroupNorm statistics ~5 %. A channels-last-3d
+layout (per-frame GroupNorm becomes a free view, no cuDNN layout conversion) is the next exact speed-up.
 """
 
 from __future__ import annotations
