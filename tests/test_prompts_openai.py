@@ -147,6 +147,13 @@ def test_answer_cleaning() -> None:
     assert chat_completions_url("http://h/v1/chat/completions") == "http://h/v1/chat/completions"
 
 
+def test_a_declining_model_is_not_asked_again(server: ChatCompletionsServer) -> None:
+    server.set_default(Reply(content="I'm sorry, I can't assist with that request."))
+    with pytest.raises(TranslationError) as err:
+        asyncio.run(_translator(server.base_url, retries=3).translate("一只猫"))
+    assert err.value.reason == "malformed" and len(server.requests) == 1
+
+
 def test_failures_fall_back_to_raw_with_a_warning(server: ChatCompletionsServer) -> None:
     server.set_default(Reply(kind="status", status=500))
     pipe = PromptPipeline.from_settings(_settings(server.base_url, retries=0), environ={})

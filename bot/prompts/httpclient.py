@@ -17,6 +17,7 @@ from typing import Any, Protocol
 from urllib.parse import urlsplit
 
 _LOOPBACK = {"127.0.0.1", "localhost", "::1"}
+MAX_RESPONSE_BYTES = 1 << 20  # a prompt translation is a few hundred bytes; never buffer a huge body
 
 
 class HttpTimeout(Exception):
@@ -50,9 +51,9 @@ class UrllibHttpClient:
         request = urllib.request.Request(url, data=data, headers=headers, method="POST")
         try:
             with opener.open(request, timeout=timeout_s) as resp:
-                return HttpResponse(status=resp.status, body=resp.read())
+                return HttpResponse(status=resp.status, body=resp.read(MAX_RESPONSE_BYTES))
         except urllib.error.HTTPError as exc:
-            return HttpResponse(status=exc.code, body=exc.read() if exc.fp else b"")
+            return HttpResponse(status=exc.code, body=exc.read(MAX_RESPONSE_BYTES) if exc.fp else b"")
         except TimeoutError as exc:
             raise HttpTimeout(str(exc)) from exc
         except urllib.error.URLError as exc:

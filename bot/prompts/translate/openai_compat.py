@@ -14,12 +14,18 @@ import re
 from typing import Any
 
 from bot.prompts.httpclient import HttpClient, HttpConnectionError, HttpTimeout
+from bot.prompts.language import detect_language
 from bot.prompts.translate.base import TranslationError
 
 log = logging.getLogger("bot.prompts.translate.openai")
 
 _THINK = re.compile(r"<think>.*?</think>", re.DOTALL | re.IGNORECASE)
 _QUOTES = "\"'`“”‘’「」『』"
+# Chat models sometimes decline instead of translating; such an answer must not become the prompt.
+_DECLINE = re.compile(
+    r"^(?:i['’]?m sorry|sorry[,.!]|i (?:can(?:no|['’])t|am (?:not able|unable)|won['’]t)|as an ai)",
+    re.IGNORECASE,
+)
 
 
 def chat_completions_url(base_url: str) -> str:
@@ -45,6 +51,10 @@ def parse_chat_answer(body: bytes) -> str:
     text = " ".join(text.split()).strip(_QUOTES).strip()
     if not text:
         raise TranslationError("empty", "assistant content is empty")
+    if _DECLINE.match(text):
+        raise TranslationError("malformed", "the model declined instead of translating")
+    if detect_language(text).cjk_ratio > 0.5:  # mostly Chinese (a kept name or character is fine)
+        raise TranslationError("malformed", "the answer is not in English")
     return text
 
 
@@ -108,6 +118,8 @@ class OpenAICompatTranslator:
     def _retryable(error: TranslationError) -> bool:
         if error.reason == "http":
             return error.status == 429 or (error.status or 0) >= 500
+        if error.detail.startswith("the model declined"):
+            return False  # asking again gives the same answer
         return error.reason in ("timeout", "unavailable", "malformed", "empty")
 
     async def translate(self, text: str) -> str:
