@@ -12,7 +12,7 @@ import pytest
 from bot.prompts import PreparedPrompt, PromptPipeline, PromptSettings
 from bot.prompts.devtools import ChatCompletionsServer, Reply
 from bot.prompts.enhance import TemplateEnhancer
-from bot.prompts.pipeline import MODERATION_UNAVAILABLE_MESSAGE
+from bot.prompts.pipeline import MODERATION_UNAVAILABLE_MESSAGE, OTHER_LANGUAGE_NOTE
 from bot.prompts.safety import RefusalRecord
 from bot.prompts.settings import EnhanceSettings
 
@@ -103,6 +103,14 @@ def test_enhancement_off_and_no_change_means_no_echo(server: ChatCompletionsServ
 def test_model_suffix_typed_by_the_user_is_not_doubled(server: ChatCompletionsServer) -> None:
     prepared = _prepare(_pipe(server, enhance={"enabled": False}), "a cat, hyper quality, Ultra HD, 8K")
     assert prepared.final_prompt == "a cat"  # the generator appends the suffix itself
+    only_suffix = _prepare(_pipe(server, enhance={"enabled": False}), "hyper quality, Ultra HD, 8K")
+    assert only_suffix.final_prompt == "hyper quality, Ultra HD, 8K"  # never emptied
+
+
+def test_other_languages_are_kept_with_a_note(server: ChatCompletionsServer) -> None:
+    prepared = _prepare(_pipe(server, enhance={"enabled": False}), "Собака бежит по снегу")
+    assert prepared.language == "other" and prepared.final_prompt == "Собака бежит по снегу"
+    assert prepared.notes == [OTHER_LANGUAGE_NOTE] and server.requests == []
 
 
 def test_refused_original_is_not_translated_and_message_does_not_echo(server: ChatCompletionsServer) -> None:

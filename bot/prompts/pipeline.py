@@ -34,6 +34,7 @@ from bot.prompts.translate.openai_compat import OpenAICompatTranslator
 
 log = logging.getLogger("bot.prompts")
 
+OTHER_LANGUAGE_NOTE = "只支持把中文翻译成英文，这段提示词已原样使用（视频模型只理解英文）"
 MODERATION_UNAVAILABLE_MESSAGE = "内容审核服务暂时不可用，请稍后再试。本次不扣额度。"
 
 
@@ -240,7 +241,9 @@ class PromptPipeline:
                             user_id=user_id,
                             chat_id=chat_id,
                         )
-            english = self._strip_suffix(english)
+            elif lang.code == "other":
+                result.notes.append(OTHER_LANGUAGE_NOTE)
+            english = self._strip_suffix(english) or english
             final = self.enhancer.enhance(english) if self.enhancer is not None else english
 
         if self.moderator is not None:
