@@ -52,20 +52,19 @@ class TextEncoder:
 
     @torch.no_grad()
     def encode(self, prompts: list[str], device: torch.device | None = None) -> Encoded:
+        """`device`: where the models execute (with offload hooks the parameters may sit elsewhere)."""
         device = device or self.device
         pooled_parts = []
         for tok, model in zip(self.clip_tokenizers, self.clip_models, strict=True):
-            mdev = next(model.parameters()).device
             ids = tok(prompts, padding="max_length", max_length=self.clip_max_length, truncation=True,
-                      return_tensors="pt").input_ids.to(mdev)
+                      return_tensors="pt").input_ids.to(device)
             out = model(ids, output_hidden_states=False)
             pooled_parts.append(out.text_embeds if self.projected else out.pooler_output)
         pooled = torch.cat([p.to(device) for p in pooled_parts], dim=-1)
-        t5dev = next(self.t5_model.parameters()).device
         t5in = self.t5_tokenizer(prompts, padding="max_length", max_length=self.t5_max_length, truncation=True,
                                  add_special_tokens=True, return_tensors="pt")
-        ids = t5in.input_ids.to(t5dev)
-        mask = t5in.attention_mask.to(t5dev)
+        ids = t5in.input_ids.to(device)
+        mask = t5in.attention_mask.to(device)
         embeds = self.t5_model(ids, attention_mask=mask).last_hidden_state
         return embeds.to(device), mask.to(device), pooled
 
