@@ -39,29 +39,41 @@ def add_generate_parser(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--checkpoint", type=Path, default=None, help="checkpoint root; omitted → tiny random demo model")
     p.add_argument("--model", choices=["pyramid_flux", "pyramid_mmdit"], default=None)
     p.add_argument("--variant", choices=["384p", "768p"], default=None, help="checkpoint variant (default: resolution)")
-    p.add_argument("--dtype", choices=["auto", "bf16", "fp32", "fp16"], default="auto")
-    p.add_argument("--device", default="auto")
-    p.add_argument("--placement", choices=["gpu", "model_offload", "sequential_offload"], default="gpu")
+    p.add_argument("--dtype", choices=["auto", "bf16", "fp32", "fp16"], default=None)
+    p.add_argument("--device", default=None, help="auto (default), cpu, cuda, cuda:1 ...")
+    p.add_argument("--placement", choices=["gpu", "model_offload", "sequential_offload"], default=None)
     p.add_argument("--no-tiling", action="store_true", help="untiled VAE decode (more memory, no seams)")
     p.add_argument("--no-progress", action="store_true")
     p.set_defaults(func=run_generate)
     return p
 
 
-def _settings_from_args(args: argparse.Namespace):
+def _base_settings(args: argparse.Namespace):
+    """The `generation:` section of config.yaml when run as `xiaoai generate` (which has --config), else defaults."""
     from generation.settings import GenerationSettings
 
-    resolution = args.resolution or args.variant or "384p"
-    return GenerationSettings(
-        checkpoint=args.checkpoint,
-        model_name=args.model,
-        variant=args.variant or resolution,
-        dtype=args.dtype,
-        device=args.device,
-        placement=args.placement,
-        vae_tiling=not args.no_tiling,
-        output_dir=args.output if args.output.suffix != ".mp4" else args.output.parent,
-    )
+    if not hasattr(args, "config"):
+        return GenerationSettings()
+    from bot.settings import load_settings
+
+    return load_settings(Path(args.config) if args.config else None).generation
+
+
+def _settings_from_args(args: argparse.Namespace):
+    base = _base_settings(args)
+    over: dict = {"output_dir": args.output if args.output.suffix != ".mp4" else args.output.parent}
+    if args.checkpoint is not None:
+        over["checkpoint"] = args.checkpoint
+    if args.model is not None:
+        over["model_name"] = args.model
+    if args.variant or args.resolution:
+        over["variant"] = args.variant or args.resolution
+    for key in ("dtype", "device", "placement"):
+        if getattr(args, key) is not None:
+            over[key] = getattr(args, key)
+    if args.no_tiling:
+        over["vae_tiling"] = False
+    return base.model_copy(update=over)
 
 
 class _Bar:
