@@ -94,7 +94,8 @@ def _frames_check(name: str, ours: np.ndarray, ref: torch.Tensor, tol_abs: float
                        tol_abs, tol_frac)
 
 
-def run(fixture_dir: Path, sidecar_name: str, *, record_calls: list[dict] | None = None) -> list[CheckResult]:
+def run(fixture_dir: Path, sidecar_name: str, *, record_calls: list[dict] | None = None,
+        device: str = "cpu") -> list[CheckResult]:
     """All checks of one e2e fixture. With `record_calls`, every DiT call is appended to it as
     {"sample": [clip shapes], "timestep": [floats]} (compare with the sidecar's `dit_calls`)."""
     fixture_dir = Path(fixture_dir)
@@ -107,6 +108,8 @@ def run(fixture_dir: Path, sidecar_name: str, *, record_calls: list[dict] | None
     tol_fr_frac = float(tol.get("frames_max_fraction_differing", 1e-3))
     method, kw = parse_call(side["call"])
     model_name, model, vae = _load_models(fixture_dir, side)
+    model.to(device)
+    vae.to(device)
     dit = model
     if record_calls is not None:
 
@@ -141,11 +144,13 @@ def run(fixture_dir: Path, sidecar_name: str, *, record_calls: list[dict] | None
         text = TextConditioning.from_pair(neg, pos)
     else:
         text = TextConditioning(*pos, cfg=False)
+    text = TextConditioning(text.prompt_embeds.to(device), text.attention_mask.to(device), text.pooled.to(device),
+                            cfg=text.cfg)
     noise = ReplayNoise(tensors)
     temp = int(kw.get("temp", 1))
     save_memory = bool(kw.get("save_memory", True))
     tiling = "enable_tiling" in str(side.get("construction", ""))
-    device = torch.device("cpu")
+    device = torch.device(device)
     stages: dict[str, torch.Tensor] = {}
     results: list[CheckResult] = []
     with torch.no_grad():  # not inference_mode: the DiT plan cache reads tensor version counters
@@ -159,7 +164,7 @@ def run(fixture_dir: Path, sidecar_name: str, *, record_calls: list[dict] | None
         for k in range(temp):
             key = f"unit{k}.input_noise"
             if key in tensors:
-                results.append(compare(f"{sidecar_name}:{key}", init[:, :, k:k + 1], tensors[key],
+                results.append(compare(f"{sidecar_name}:{key}", init[:, :, k:k + 1].cpu(), tensors[key],
                                        tol_max_abs=tol_lat_abs, tol_rel_l2=tol_lat_rel))
 
         def on_stage(k: int, s: int, x: torch.Tensor) -> None:
