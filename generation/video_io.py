@@ -11,7 +11,6 @@ import struct
 import subprocess
 from pathlib import Path
 
-import imageio_ffmpeg
 import numpy as np
 from PIL import Image
 
@@ -33,6 +32,8 @@ def write_mp4(frames: np.ndarray, path: Path, *, fps: int = 24, crf: int = 18) -
     frames = _even_crop(frames)
     if frames.shape[1] == 0 or frames.shape[2] == 0:
         raise ValueError("frames too small to encode")
+    import imageio_ffmpeg
+
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     h, w = frames.shape[1], frames.shape[2]
@@ -90,6 +91,8 @@ def _top_level_atoms(path: Path) -> list[tuple[str, int]]:
 
 def probe(path: Path) -> dict:
     """Codec, pixel format, size, frame count, fps and whether moov precedes mdat."""
+    import imageio_ffmpeg
+
     path = Path(path)
     reader = imageio_ffmpeg.read_frames(str(path))
     meta = reader.__next__()
