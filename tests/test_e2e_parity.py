@@ -54,3 +54,27 @@ def test_parse_call_reads_arguments() -> None:
     assert method == "generate_i2v"
     assert kw["temp"] == 5 and kw["num_inference_steps"] == [4, 1, 2]
     assert kw["video_guidance_scale"] == 3.5 and kw["save_memory"] is False
+
+
+def test_history_layout_for_longer_videos() -> None:
+    """SPEC §6.3 table for units beyond the fixtures' reach: older frames at stage 0 in one clip,
+    then one frame per coarser-to-finer resolution, newest at the current stage's resolution."""
+    from generation.sampling.pyramid import HistoryPyramid
+
+    pyr = HistoryPyramid(3)
+    for i in range(6):
+        pyr.append(torch.full((1, 16, 1, 8, 16), float(i)))
+    shapes = {s: [(c.shape[2], c.shape[3], int(c[0, 0, 0, 0, 0])) for c in pyr.clips_for_stage(s)] for s in range(3)}
+    assert shapes[0] == [(5, 2, 0), (1, 2, 5)]
+    assert shapes[1] == [(5, 2, 0), (1, 4, 5)]
+    assert shapes[2] == [(4, 2, 0), (1, 4, 4), (1, 8, 5)]
+
+
+def test_linear_guidance_schedule() -> None:
+    from generation.sampling.pyramid import SamplerOptions, _guidance_list
+
+    off = SamplerOptions(guidance_scale=7.0, video_guidance_scale=5.0)
+    assert _guidance_list(off, [0, 1, 2], [True, False, False]) == [7.0, 5.0, 5.0]
+    on = SamplerOptions(guidance_scale=7.0, video_guidance_scale=5.0, use_linear_guidance=True)
+    assert _guidance_list(on, list(range(12)), [True] + [False] * 11) == [
+        7.0, 6.5, 6.0, 5.5, 5.0, 4.5, 4.0, 3.5, 3.0, 2.5, 2.0, 2.0]
