@@ -96,7 +96,8 @@ class PyramidFlowGenerator:
         else:
             raise InvalidRequest("视频时长只支持 5 秒或 10 秒。")
         if temp > max_temp:
-            raise InvalidRequest(f"{request.resolution} 最长只能生成 {(max_temp - 1) * 8 // 24 + 1} 秒左右的视频，请缩短时长。")
+            longest = round((1 + 8 * (max_temp - 1)) / self.settings.fps)
+            raise InvalidRequest(f"{request.resolution} 最长只能生成 {longest} 秒左右的视频，请缩短时长。")
         i2v = request.image_path is not None
         if temp < (2 if i2v else 1):
             raise InvalidRequest("视频长度太短了。")
