@@ -264,5 +264,13 @@ def build_components(settings: GenerationSettings) -> PipelineComponents:
 
 
 def build_generator(settings: GenerationSettings) -> PyramidFlowGenerator:
-    """The configured generator; the tiny random model (labelled) when settings.checkpoint is None."""
-    return PyramidFlowGenerator(build_components(settings), settings)
+    """The configured generator; the tiny random model (labelled) when settings.checkpoint is None
+    (then with the tiny default step counts; steps given in a request are still honoured)."""
+    components = build_components(settings)
+    if settings.checkpoint is None:
+        settings = settings.model_copy(update={
+            "num_inference_steps": settings.tiny_num_inference_steps,
+            "video_num_inference_steps": settings.tiny_video_num_inference_steps,
+            "i2v_num_inference_steps": settings.tiny_video_num_inference_steps,
+        })
+    return PyramidFlowGenerator(components, settings)

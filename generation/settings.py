@@ -52,3 +52,6 @@ class GenerationSettings(BaseModel):
     tiny_height: int = 64
     tiny_model_name: ModelName = "pyramid_flux"
     tiny_seed: int = 0
+    # default steps with the tiny model (its output is noise anyway; keeps the CPU demo quick)
+    tiny_num_inference_steps: tuple[int, int, int] = (3, 3, 3)
+    tiny_video_num_inference_steps: tuple[int, int, int] = (2, 2, 2)
