@@ -32,11 +32,16 @@ class VAELike(Protocol):
     def stream_decoder(self, tile_size: int | None = None): ...
 
 
-def to_uint8_frames(pixels: torch.Tensor) -> np.ndarray:
-    """[B, 3, F, H, W] in ~[-1, 1] → uint8 [B*F, H, W, 3]: x*127.5 + 127.5, clamp, truncate (reference)."""
+def to_uint8(pixels: torch.Tensor) -> torch.Tensor:
+    """[B, 3, F, H, W] in ~[-1, 1] → uint8 [B*F, H, W, 3] on the same device: x*127.5 + 127.5, clamp,
+    truncate (reference)."""
     x = pixels.to(torch.float32).mul(127.5).add(127.5).clamp(0, 255).to(torch.uint8)
     b, c, f, h, w = x.shape
-    return x.permute(0, 2, 3, 4, 1).reshape(b * f, h, w, c).cpu().numpy()
+    return x.permute(0, 2, 3, 4, 1).reshape(b * f, h, w, c)
+
+
+def to_uint8_frames(pixels: torch.Tensor) -> np.ndarray:
+    return to_uint8(pixels).cpu().numpy()
 
 
 def image_to_tensor(image: np.ndarray) -> torch.Tensor:
@@ -87,23 +92,24 @@ def decode_to_frames(
 
 
 class StreamingFrameDecoder:
-    """Push each finished model-space latent frame (in order); frames come back as uint8 arrays."""
+    """Push each finished model-space latent frame (in order). Decoded frames stay on the device as uint8
+    (no host sync inside the sampling loop); `frames()` copies them to the host once at the end."""
 
     def __init__(self, vae: VAELike, norm: LatentNorm, *, tiling: bool = True, dtype: torch.dtype | None = None):
         self._stream = vae.stream_decoder(tile_size=DECODE_TILE if tiling else None)
         self._norm = norm
         self._dtype = dtype
         self._count = 0
-        self.chunks: list[np.ndarray] = []
+        self.chunks: list[torch.Tensor] = []
 
-    def push(self, latent: torch.Tensor) -> np.ndarray:
+    def push(self, latent: torch.Tensor) -> torch.Tensor:
         z = denormalize(latent, self._norm, first_frame_index=0 if self._count == 0 else -1)
         if self._dtype is not None:
             z = z.to(self._dtype)
         self._count += latent.shape[2]
-        frames = to_uint8_frames(self._stream.push(z))
+        frames = to_uint8(self._stream.push(z))
         self.chunks.append(frames)
         return frames
 
     def frames(self) -> np.ndarray:
-        return np.concatenate(self.chunks, axis=0)
+        return torch.cat(self.chunks, dim=0).cpu().numpy()
