@@ -51,6 +51,7 @@ EVENT_HEARTBEAT = int(pb.EventType.EVENT_TYPE_HEARTBEAT)
 EVENT_MESSAGE = int(pb.EventType.EVENT_TYPE_MESSAGE)
 EVENT_LOGIN = int(pb.EventType.EVENT_TYPE_LOGIN)
 EVENT_LOGOUT = int(pb.EventType.EVENT_TYPE_LOGOUT)
+EVENT_DONG = int(pb.EventType.EVENT_TYPE_DONG)
 
 _END = object()
 
@@ -182,6 +183,7 @@ class FakePuppetServer:
         # Emulate the TS server's per-message cap (4 MiB) on inbound requests.
         self.max_message_bytes = max_message_bytes
         self.reply_ids = reply_ids
+        self.answer_ding = True  # False emulates a half-open connection: the stream stays silent
         self.contacts: dict[str, Contact] = {bot_id: Contact(bot_id, bot_name)}
         self.rooms: dict[str, Room] = {}
         self.messages: dict[str, pb.MessagePayloadResponse] = {}
@@ -401,6 +403,8 @@ class FakePuppetServer:
         return pb.StopResponse()
 
     async def _rpc_Ding(self, request: Any) -> Any:
+        if self.answer_ding:  # a live puppet answers with a `dong` event
+            self._push(EVENT_DONG, {"data": request.data})
         return pb.DingResponse()
 
     async def _rpc_Version(self, request: Any) -> Any:

@@ -378,3 +378,68 @@ def test_fake_server_records_file_box_json(tmp_path: Path) -> None:
     assert parsed.data == b"abc" and parsed.name == "a.mp4"
     with pytest.raises(grpc_media.MediaError):
         grpc_media.parse_file_box(json.dumps({"type": 2, "url": "http://x"}))
+
+
+def test_silent_stream_is_detected_by_ding_and_rebuilt(tmp_path: Path) -> None:
+    """A half-open connection (no events, no error) is caught by the Ding/dong liveness check."""
+
+    async def scenario() -> None:
+        server = await _server()
+        inbox: list[Message] = []
+        channel = await _connected(tmp_path, server, inbox, liveness_interval_s=0.3, liveness_timeout_s=0.3)
+        await asyncio.sleep(1.2)  # a live gateway answers every Ding: no reconnect
+        assert [s for _, s, _ in channel.state_log].count(ConnState.CONNECTED) == 1
+        assert "Ding" in server.route_names()
+        server.answer_ding = False
+        await eventually(lambda: [s for _, s, _ in channel.state_log].count(ConnState.CONNECTED) == 2,
+                         timeout=10, what="reconnect after a silent stream")  # fmt: skip
+        assert any("liveness" in reason for _, _, reason in channel.state_log)
+        server.answer_ding = True
+        server.say("m-after-silence", ALICE, "/video", room_id=ROOM)
+        await eventually(lambda: len(inbox) == 1)
+        await channel.stop()
+        await server.stop()
+
+    run(scenario)
+
+
+def test_session_isolation_scheduler_plugin_host_and_caches(tmp_path: Path) -> None:
+    async def scenario() -> None:
+        server = await _server()
+        channel = await _connected(tmp_path, server, [])
+        session = channel._session
+        assert session is not None
+        manager = session.bot._plugin_manager
+        assert manager.endpoint[0] == "127.0.0.1" and manager.endpoint[1] != 5000  # (#11)
+        assert manager.scheduler is session.scheduler and session.scheduler.running  # our own (#10)
+        await channel.stop()
+        assert not session.scheduler.running  # shut down with the session
+        await server.stop()
+
+    run(scenario)
+
+
+def test_import_shim_in_a_fresh_interpreter(tmp_path: Path) -> None:
+    """Stock `import wechaty` fails on 3.11+; the shim fixes it, keeps ./.wechaty away and ignores
+    the generic TOKEN/ENDPOINT variables (#1, #10, #17)."""
+    import subprocess
+    import sys
+
+    root = Path(__file__).resolve().parents[1]
+    env = {**os.environ, "PYTHONPATH": str(root), "TOKEN": "generic", "ENDPOINT": "10.0.0.1:1"}
+    env.pop("CACHE_DIR", None)
+    stock_dir = tmp_path / "stock"
+    stock_dir.mkdir()
+    stock = subprocess.run([sys.executable, "-c", "import wechaty"], cwd=stock_dir, env=env,
+                           capture_output=True, text=True)  # fmt: skip
+    assert stock.returncode != 0 and "mutable default" in stock.stderr  # Python >= 3.11
+    code = (
+        "from bot.channels.wechaty_compat import load_wechaty\n"
+        "m = load_wechaty('own-cache')\n"
+        "import wechaty_puppet_service.puppet as p\n"
+        "print(m.Wechaty.__name__, p.get_token(), p.get_endpoint())\n"
+    )
+    shimmed = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, env=env, capture_output=True, text=True)
+    assert shimmed.returncode == 0, shimmed.stderr
+    assert shimmed.stdout.split() == ["Wechaty", "None", "None"]
+    assert (tmp_path / "own-cache").is_dir() and not (tmp_path / ".wechaty").exists()

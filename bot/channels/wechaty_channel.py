@@ -172,6 +172,7 @@ class WechatyChannel:
         self._connected = asyncio.Event()
         self.last_error: str | None = None
         self.last_heartbeat: float | None = None
+        self._last_event = time.monotonic()  # any event from the gateway (liveness)
         # (monotonic time, state, reason) of recent state changes, for health checks and tests
         self.state_log: deque[tuple[float, ConnState, str]] = deque(maxlen=500)
         self._logins = 0
@@ -283,13 +284,59 @@ class WechatyChannel:
             bot = session.bot
             await bot.init_puppet()
             await bot.init_puppet_event_bridge(bot.puppet)
-            bot.puppet.on("heartbeat", self._on_heartbeat)  # the bridge listens on 'heart-beat' (#8)
+            # Liveness: the bridge listens on 'heart-beat' and never forwards heartbeats (#8), so we
+            # listen on the puppet itself, and on dong/message/login as further signs of life.
+            for event in ("heartbeat", "dong", "message", "login", "scan", "ready"):
+                bot.puppet.on(event, self._on_puppet_event)
+            self._last_event = time.monotonic()
             self._set_state(ConnState.WAITING_LOGIN, "event stream opening")
-            await bot.puppet.start()  # returns when the event stream ends cleanly (#4)
+            # puppet.start() returns when the event stream ends cleanly (#4).
+            stream = asyncio.create_task(bot.puppet.start(), name="wechaty-event-stream")
+            verdict: list[str] = []
+            watchdog = asyncio.create_task(self._watch_liveness(bot.puppet, stream, verdict))
+            try:
+                await stream
+            except asyncio.CancelledError:
+                if verdict:  # our watchdog ended a silent stream: a disconnect, not a shutdown
+                    raise ConnectionError(f"liveness check failed: {verdict[0]}") from None
+                raise
+            finally:
+                watchdog.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await watchdog
         finally:
             self._session = None
             await self._close_session(session)
         return self._logins > logins_before
+
+    async def _watch_liveness(self, puppet: Any, stream: asyncio.Task[Any], verdict: list[str]) -> None:
+        """End the stream when the gateway stays silent: no event for `liveness_interval_s`, then a
+        `Ding` that is not answered by a `dong` event within `liveness_timeout_s` (half-open TCP)."""
+        interval = self._settings.liveness_interval_s
+        timeout = self._settings.liveness_timeout_s
+        if interval <= 0:
+            return
+        while not stream.done():
+            await asyncio.sleep(interval)
+            if time.monotonic() - self._last_event < interval:
+                continue
+            marker = self._last_event
+            try:
+                await asyncio.wait_for(puppet.puppet_stub.ding(data="xiaoai-liveness"), timeout)
+            except Exception as exc:
+                reason = f"Ding failed: {type(exc).__name__} {exc}"
+            else:
+                deadline = time.monotonic() + timeout
+                while self._last_event == marker and time.monotonic() < deadline:
+                    await asyncio.sleep(min(0.1, timeout / 10))
+                if self._last_event != marker:
+                    continue
+                reason = f"no event within {interval + timeout:.0f}s (Ding unanswered)"
+            log.warning("wechat event stream looks dead: %s; reconnecting", reason,
+                        extra={"channel": self.name, "endpoint": self._conn.endpoint})  # fmt: skip
+            verdict.append(reason)
+            stream.cancel()
+            return
 
     def _new_session(self) -> _Session:
         from apscheduler.schedulers.asyncio import AsyncIOScheduler
@@ -338,8 +385,10 @@ class WechatyChannel:
         return puppet
 
     # ------------------------------------------------------------------ events from the bot
-    def _on_heartbeat(self, payload: Any) -> None:
-        self.last_heartbeat = time.monotonic()
+    def _on_puppet_event(self, payload: Any) -> None:
+        self._last_event = time.monotonic()
+        if type(payload).__name__ == "EventHeartbeatPayload":
+            self.last_heartbeat = self._last_event
 
     async def _handle_login(self, contact: Any) -> None:
         self._bot_id = contact.contact_id

@@ -45,6 +45,10 @@ class WechatySettings(BaseModel):
     reconnect_initial_s: float = Field(default=1.0, gt=0)
     reconnect_max_s: float = Field(default=60.0, gt=0)
     reconnect_factor: float = Field(default=2.0, ge=1.0)
+    # Liveness: after this long without any event the gateway gets a Ding; without an answer within
+    # liveness_timeout_s the connection is dropped and rebuilt (0 disables the check).
+    liveness_interval_s: float = Field(default=60.0, ge=0)
+    liveness_timeout_s: float = Field(default=15.0, gt=0)
     # Outgoing video: re-encode to fit this many bytes (WeChat refuses large videos).
     video_budget_bytes: int = Field(default=20 * 1024 * 1024, ge=64 * 1024)
     # Files bigger than this (raw bytes) go through the Upload stream (the TS server caps one gRPC
