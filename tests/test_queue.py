@@ -225,3 +225,47 @@ def test_delivery_backoff_and_give_up_refunds(tmp_path: Path) -> None:
     assert gone.state is JobState.FAILED and not gone.notified and gone.delivery_attempts == 0
     assert ledger(s, "u1")[-1] == ("refund", 1, job.id)
     assert s.queue.give_up_delivery(job.id) is False
+
+
+def _reference_order(queued, user_served, group_served):
+    """The rule exactly as the fairness docstring states it, written the slow, obvious way."""
+    remaining = sorted(queued, key=lambda p: (p.created_at, p.job_id))
+    users, groups = dict(user_served), dict(group_served)
+    tick = max([0.0, *users.values(), *groups.values()]) + 1.0
+    order = []
+    never = float("-inf")
+    while remaining:
+        def oldest(ps):
+            return min(ps, key=lambda p: (p.created_at, p.job_id))
+        by_group = {}
+        for p in remaining:
+            by_group.setdefault(p.group, []).append(p)
+        group = min(by_group, key=lambda g: (groups.get(g, never), oldest(by_group[g]).created_at,
+                                             oldest(by_group[g]).job_id))
+        by_user = {}
+        for p in by_group[group]:
+            by_user.setdefault(p.user_id, []).append(p)
+        user = min(by_user, key=lambda u: (users.get(u, never), oldest(by_user[u]).created_at,
+                                           oldest(by_user[u]).job_id))
+        pick = oldest(by_user[user])
+        order.append(pick.job_id)
+        remaining.remove(pick)
+        users[user] = groups[group] = tick
+        tick += 1.0
+    return order
+
+
+def test_fast_fair_order_matches_the_stated_rule() -> None:
+    import random
+
+    rng = random.Random(1234)
+    for _ in range(300):
+        n = rng.randint(1, 30)
+        users = [f"u{i}" for i in range(rng.randint(1, 6))]
+        groups = [f"g{i}" for i in range(rng.randint(1, 4))]
+        queued = [Pending(i + 1, rng.choice(users), rng.choice(groups), float(rng.randint(0, 10))) for i in range(n)]
+        user_served = {u: float(rng.randint(0, 12)) for u in users if rng.random() < 0.5}
+        group_served = {g: float(rng.randint(0, 12)) for g in groups if rng.random() < 0.5}
+        assert fair_order(queued, user_served, group_served) == _reference_order(queued, user_served, group_served)
+        assert fair_order(queued, user_served, group_served, limit=3) == _reference_order(
+            queued, user_served, group_served)[:3]

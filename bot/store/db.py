@@ -67,6 +67,7 @@ CREATE INDEX IF NOT EXISTS jobs_state ON jobs (state, created_at);
 CREATE INDEX IF NOT EXISTS jobs_user ON jobs (user_id, created_at);
 CREATE INDEX IF NOT EXISTS jobs_user_started ON jobs (user_id, started_at);
 CREATE INDEX IF NOT EXISTS jobs_group_started ON jobs (sched_group, started_at);
+CREATE INDEX IF NOT EXISTS jobs_eta ON jobs (resolution, duration_s, finished_at);
 
 CREATE TABLE IF NOT EXISTS ledger (
     id INTEGER PRIMARY KEY AUTOINCREMENT,

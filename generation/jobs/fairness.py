@@ -18,6 +18,8 @@ many users cannot starve a small group: groups alternate, and users alternate in
 
 from __future__ import annotations
 
+import heapq
+from collections import deque
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 
@@ -41,32 +43,49 @@ def fair_order(
     user_served: Mapping[str, float],
     group_served: Mapping[str, float],
     limit: int | None = None,
+    until: int | None = None,
 ) -> list[int]:
-    """Job ids of `queued` in the order they will run (first `limit` only when given)."""
-    remaining = sorted(queued, key=lambda p: (p.created_at, p.job_id))
-    users = dict(user_served)
-    groups = dict(group_served)
-    tick = max([0.0, *users.values(), *groups.values()]) + 1.0
+    """Job ids of `queued` in the order they will run (first `limit` only when given; stopping after job
+    `until` when given). O(n log n):
+    a heap of groups keyed by (last served, oldest job), and per group a heap of users keyed the same."""
+    by_user: dict[tuple[str, str], deque[Pending]] = {}
+    for p in sorted(queued, key=lambda p: (p.created_at, p.job_id)):
+        by_user.setdefault((p.group, p.user_id), deque()).append(p)
+    user_heaps: dict[str, list[tuple[float, float, int, str]]] = {}
+    oldest_in_group: dict[str, Pending] = {}
+    for (group, user), jobs in by_user.items():
+        first = jobs[0]
+        user_heaps.setdefault(group, []).append((user_served.get(user, NEVER), first.created_at, first.job_id, user))
+        best = oldest_in_group.get(group)
+        if best is None or (first.created_at, first.job_id) < (best.created_at, best.job_id):
+            oldest_in_group[group] = first
+    groups = [(group_served.get(g, NEVER), p.created_at, p.job_id, g) for g, p in oldest_in_group.items()]
+    heapq.heapify(groups)
+    for heap in user_heaps.values():
+        heapq.heapify(heap)
+    # a user can appear in several groups; their "served" time is shared across groups
+    served = dict(user_served)
+    tick = max([0.0, *user_served.values(), *group_served.values()]) + 1.0
     order: list[int] = []
-    while remaining and (limit is None or len(order) < limit):
-        oldest_in_group: dict[str, Pending] = {}
-        for p in remaining:  # remaining is age-sorted, so the first seen is the oldest
-            oldest_in_group.setdefault(p.group, p)
-        group = min(
-            oldest_in_group,
-            key=lambda g: (groups.get(g, NEVER), oldest_in_group[g].created_at, oldest_in_group[g].job_id),
-        )
-        oldest_of_user: dict[str, Pending] = {}
-        for p in remaining:
-            if p.group == group:
-                oldest_of_user.setdefault(p.user_id, p)
-        user = min(
-            oldest_of_user,
-            key=lambda u: (users.get(u, NEVER), oldest_of_user[u].created_at, oldest_of_user[u].job_id),
-        )
-        pick = oldest_of_user[user]
-        order.append(pick.job_id)
-        remaining.remove(pick)
-        users[user] = groups[group] = tick
+    while groups and (limit is None or len(order) < limit):
+        _, _, _, group = heapq.heappop(groups)
+        heap = user_heaps[group]
+        while True:  # drop stale entries of users served meanwhile in another group
+            key, created, job_id, user = heapq.heappop(heap)
+            current = served.get(user, NEVER)
+            if key == current:
+                break
+            first = by_user[(group, user)][0]
+            heapq.heappush(heap, (current, first.created_at, first.job_id, user))
+        jobs = by_user[(group, user)]
+        picked = jobs.popleft().job_id
+        order.append(picked)
+        if picked == until:
+            break
+        served[user] = tick
+        if jobs:
+            heapq.heappush(heap, (tick, jobs[0].created_at, jobs[0].job_id, user))
+        if heap:
+            heapq.heappush(groups, (tick, 0.0, 0, group))
         tick += 1.0
     return order

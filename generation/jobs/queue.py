@@ -92,8 +92,9 @@ class JobQueue:
             ).fetchone()
         return int(row[0])
 
-    def submit(self, spec: JobSpec) -> SubmitOutcome:
-        """Dedupe, ban check, pending limit, quota check + spend and job insert: one transaction."""
+    def submit(self, spec: JobSpec, *, with_place: bool = True) -> SubmitOutcome:
+        """Dedupe, ban check, pending limit, quota check + spend and job insert: one transaction. Then
+        (outside it, unless `with_place=False`) the job's position and ETA for the reply."""
         now = self.clock()
         job_id: int | None = None
         with transaction(self.db):
@@ -118,8 +119,8 @@ class JobQueue:
             pending = self.pending_count(spec.user_id)
         job = self.get(job_id) if job_id is not None else None
         position = eta = None
-        if job is not None and job.is_pending:
-            position, eta = self.position(job.id), self.eta_s(job.id)
+        if with_place and job is not None and job.is_pending:
+            position, eta = self.place(job.id)
         log.info(
             "submit message=%s user=%s status=%s job=%s cost=%d balance=%d",
             spec.message_id, spec.user_id, status, job_id, spec.cost, balance,
@@ -179,11 +180,35 @@ class JobQueue:
             by_id = {r["id"]: Job.from_row(r) for r in self._rows("SELECT * FROM jobs WHERE state = 'queued'")}
         return running + [by_id[i] for i in order if i in by_id]
 
+    def _ordered_light(self, until: int | None = None) -> list[dict[str, Any]]:
+        """Like `snapshot()` (up to job `until`) but only the columns position/ETA need."""
+        cols = "id, state, resolution, duration_s, progress, started_at"
+        with db_lock(self.db):
+            running = self._rows(f"SELECT {cols} FROM jobs WHERE state = 'running' ORDER BY started_at, id")
+            queued, users, groups = self._pending_and_served()
+            order = fair_order(queued, users, groups, until=until)
+            by_id = {r["id"]: r for r in self._rows(f"SELECT {cols} FROM jobs WHERE state = 'queued'")}
+        return running + [by_id[i] for i in order if i in by_id]
+
+    def place(self, job_id: int) -> tuple[int | None, float | None]:
+        """(position, eta_s) of a pending job in one pass; (None, None) when it is not pending."""
+        now = self.clock()
+        expected: dict[tuple[str, int], float] = {}
+        total = 0.0
+        for index, row in enumerate(self._ordered_light(until=job_id)):
+            key = (row["resolution"], row["duration_s"])
+            if key not in expected:
+                expected[key] = self.expected_seconds(*key)
+            total += self._remaining(expected[key], row, now)
+            if row["id"] == job_id:
+                return index + 1, total
+        return None, None
+
     def position(self, job_id: int) -> int | None:
-        for index, job in enumerate(self.snapshot()):
-            if job.id == job_id:
-                return index + 1
-        return None
+        return self.place(job_id)[0]
+
+    def eta_s(self, job_id: int) -> float | None:
+        return self.place(job_id)[1]
 
     def expected_seconds(self, resolution: str, duration_s: int) -> float:
         rows = self._rows(
@@ -196,23 +221,14 @@ class JobQueue:
             return float(statistics.median(max(0.0, r["s"]) for r in rows))
         return self.settings.eta_defaults_s.get(f"{resolution}/{duration_s}", self.settings.eta_fallback_s)
 
-    def _remaining(self, job: Job, now: float) -> float:
-        expected = self.expected_seconds(job.resolution, job.duration_s)
-        if job.state is not JobState.RUNNING or job.started_at is None:
+    @staticmethod
+    def _remaining(expected: float, row: dict[str, Any], now: float) -> float:
+        if row["state"] != JobState.RUNNING or row["started_at"] is None:
             return expected
-        elapsed = max(0.0, now - job.started_at)
-        if job.progress >= 0.05:
-            return max(0.0, elapsed / job.progress - elapsed)
+        elapsed = max(0.0, now - row["started_at"])
+        if row["progress"] >= 0.05:
+            return max(0.0, elapsed / row["progress"] - elapsed)
         return max(0.0, expected - elapsed)
-
-    def eta_s(self, job_id: int) -> float | None:
-        now = self.clock()
-        total = 0.0
-        for job in self.snapshot():
-            total += self._remaining(job, now)
-            if job.id == job_id:
-                return total
-        return None
 
     # ================================================================ worker side
     def claim(self, worker_id: str, lease_s: float) -> Job | None:
