@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import itertools
 import time
+import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
@@ -41,6 +42,7 @@ class LocalChannel:
     _handler: MessageHandler | None = None
     _connected: bool = False
     _ids: itertools.count = field(default_factory=lambda: itertools.count(1))
+    _id_prefix: str = field(default_factory=lambda: uuid.uuid4().hex[:8])  # ids unique across channels
     _changed: asyncio.Event | None = None
 
     # -- Channel protocol ---------------------------------------------------------------------
@@ -102,7 +104,7 @@ class LocalChannel:
         image: bytes | None = None,
         message_id: str | None = None,
     ) -> Message:
-        mid = message_id or f"local-{next(self._ids)}"
+        mid = message_id or f"local-{self._id_prefix}-{next(self._ids)}"
         ref = None
         if image is not None:
             ref = ImageRef(image_id=f"img-{mid}", size_hint=len(image))
