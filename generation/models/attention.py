@@ -39,7 +39,7 @@ from generation.models.positions import apply_rope
 log = logging.getLogger(__name__)
 
 Backend = Literal["prefix", "dense"]
-DEFAULT_MERGE_TOKENS = 1024  # frames are merged into one masked call while their queries fit in this
+DEFAULT_MERGE_TOKENS = 256  # frames are merged into one masked call while their queries fit in this (H100 sweep)
 
 
 @dataclass(frozen=True, slots=True)
