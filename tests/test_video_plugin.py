@@ -200,3 +200,45 @@ async def test_cancel_queued_refunds_and_queue_shows_positions(tmp_path: Path) -
     assert "等待图片" in h.last_text()
     await h.say(image=png_bytes(), **ALICE)
     assert len(h.jobs("wxid_alice")) == 2
+
+
+# --- with the real prompt pipeline (bot.prompts), translator off so nothing leaves the machine ---
+
+def prompt_pipeline():
+    from bot.prompts import PromptPipeline, PromptSettings
+
+    return PromptPipeline.from_settings(PromptSettings(translator="none", fallback=[]), environ={})
+
+
+@async_test
+async def test_final_prompt_is_stored_and_echoed(tmp_path: Path) -> None:
+    h = await make_harness(make_settings(tmp_path), pipeline=prompt_pipeline())
+    await h.say("/video a cat sleeping on a windowsill", **ALICE)
+    [job] = h.jobs("wxid_alice")
+    assert job.prompt == "a cat sleeping on a windowsill"
+    assert job.final_prompt != job.prompt and job.final_prompt.lower().startswith("a cat sleeping")
+    assert job.final_prompt in h.last_text()  # the user sees what the model gets
+
+
+@async_test
+async def test_raw_flag_sends_the_prompt_untouched(tmp_path: Path) -> None:
+    h = await make_harness(make_settings(tmp_path), pipeline=prompt_pipeline())
+    await h.say("/video -raw a cat, exactly like this", **ALICE)
+    [job] = h.jobs("wxid_alice")
+    assert job.final_prompt == job.prompt == "a cat, exactly like this"
+    assert "模型提示词" not in h.last_text()
+
+
+@async_test
+async def test_refused_prompt_is_not_charged_and_not_echoed(tmp_path: Path) -> None:
+    h = await make_harness(make_settings(tmp_path), pipeline=prompt_pipeline())
+    await h.say("/视频 一段 ｐｏｒｎ 视频", **ALICE)
+    reply = h.last_text()
+    assert "不扣额度" in reply or "无法生成" in reply
+    assert "porn" not in reply.lower() and "ｐｏｒｎ" not in reply
+    assert_nothing_debited(h)
+    # a prompt given before its image is checked when the image arrives
+    await h.say("/视频 -图 nude", **BOB)
+    await h.say(image=png_bytes(), **BOB)
+    assert "不扣额度" in h.last_text() or "无法生成" in h.last_text()
+    assert_nothing_debited(h, "wxid_bob")
