@@ -15,7 +15,7 @@ from bot.cli import main
 from bot.settings import Settings
 from generation.jobs.models import JobState
 from generation.video_io import probe
-from tests.chat_harness import ROOM, async_test, make_settings, png_bytes
+from tests.chat_harness import ROOM, Clock, async_test, make_settings, png_bytes
 
 USER = {"sender_id": "wxid_alice", "sender_name": "Alice", "chat_id": ROOM}
 
@@ -113,3 +113,51 @@ def test_xiaoai_demo_exits_zero_and_prints_the_mp4s(tmp_path: Path, capsys, monk
     assert "demo OK" in out and "/视频 a shiba inu running in the snow" in out
     paths = [line.strip() for line in out.splitlines() if line.strip().endswith(".mp4") and "[视频]" not in line]
     assert len(paths) == 2 and all(Path(p).is_file() and Path(p).stat().st_size > 0 for p in paths)
+
+
+@async_test
+async def test_missed_daily_reset_is_applied_once_at_start_up(tmp_path: Path) -> None:
+    settings = e2e_settings(tmp_path)
+    clock = Clock()  # 2026-01-01 08:00 Asia/Shanghai
+    app = App(settings, LocalChannel(clock=clock), clock=clock, run_worker=False)
+    await app.start()
+    assert app.scheduler is not None and app.scheduler.get_job("quota-daily-reset") is not None
+    await app.channel.say("/视频 384p 10秒 a cat", **USER)  # type: ignore[attr-defined]
+    assert app.quota is not None and app.quota.balance("wxid_alice") == 1
+    await app.stop()
+
+    clock.advance(2 * 86400 + 3600)  # down for two days
+    for _ in range(2):  # two restarts on the same day: one reset, not two
+        again = App(settings, LocalChannel(clock=clock), clock=clock, run_worker=False)
+        await again.start()
+        assert again.quota is not None
+        balance = again.quota.balance("wxid_alice")
+        kinds = [r.kind for r in reversed(again.quota.history("wxid_alice"))]
+        await again.stop()
+        assert balance == 3
+        assert kinds == ["grant", "spend", "reset"]
+
+
+@async_test
+async def test_cancel_running_job_stops_it_and_refunds(tmp_path: Path) -> None:
+    settings = make_settings(
+        tmp_path,
+        worker={"synthetic_steps": 200, "synthetic_step_delay_s": 0.05, "poll_s": 0.1, "progress_every_s": 0.1},
+        queue={"delivery_poll_s": 0.2},
+    )
+    channel = LocalChannel()
+    app = App(settings, channel, pipeline=None)
+    await app.start()
+    try:
+        await channel.say("/视频 a very long video", **USER)
+        await wait_state(app, 1, JobState.RUNNING, timeout=60)
+        await channel.say("/取消", **USER)
+        assert "下一步停止" in channel.texts()[-1]
+        await wait_state(app, 1, JobState.CANCELLED, timeout=30)
+        assert await channel.wait_for(lambda sent: "已停止" in (sent[-1].text.text if sent[-1].text else ""), 30)
+        assert app.quota is not None
+        kinds = [r.kind for r in reversed(app.quota.history("wxid_alice"))]
+        assert kinds == ["grant", "spend", "refund"] and app.quota.balance("wxid_alice") == 3
+    finally:
+        await app.stop()
+    assert channel.videos() == []
