@@ -20,6 +20,14 @@ Backends:
   merged into one call with a small block mask (still exact) to limit launches.
 
 Both are exact; the plan (ranges, masks) is built once per (clip shapes, text mask) and reused.
+
+Measured on one H100 (bf16, full-size random weights, CFG batch 2, text lengths 20/77, CUDA-graph
+replay of the whole DiT forward, ms): flux 768p u15 s2 (L=11,888) dense 395.7 / prefix 247-252;
+u30 (L=15,488) 605.1 / 365.0; mmdit 768p u15 s2 315.5 / 204.7; 384p u15 s2 (L=3,068) flux
+57.2 / 52.9, mmdit 47.1 / 45.2. bf16 prefix and bf16 dense are equally far from an fp32 dense forward
+(rel-L2 1.3e-2 to 1.5e-2 on random weights). Eager forwards at 384p are host-bound (flux u0 s0: 40 ms
+eager vs 6.6 ms replayed); the forward has no host syncs, so CUDA-graph capture per (unit, stage) works
+(replay output equal to eager, bitwise).
 """
 
 from __future__ import annotations
