@@ -13,7 +13,6 @@ import argparse
 import asyncio
 import io
 import logging
-import signal
 import sys
 import time
 from collections.abc import Sequence
@@ -177,34 +176,18 @@ WeChat is not available: the wechaty adapter or its configuration is missing.
 Start a wechaty puppet service (gateway) first, then set:
   export WECHATY_PUPPET_SERVICE_ENDPOINT=127.0.0.1:8788   # 或在 config.yaml 的 wechaty.endpoint 中设置
   export WECHATY_PUPPET_SERVICE_TOKEN=...                 # 只能通过环境变量 / environment only
-详见 README「接入微信」一节 / see the README section on WeChat.
+详见 README「接入真实微信账号」一节 / see the README section on WeChat.
 """
 
 
 async def _serve(settings: Settings) -> int:
     try:
-        from bot.channels import wechaty_channel
-    except ImportError as err:
+        from bot.channels.wechaty_channel import serve_wechat
+    except ImportError as err:  # the wechaty client libraries are missing or broken
         print(RUN_HELP, file=sys.stderr)
         print(f"({err})", file=sys.stderr)
         return 2
-    serve = getattr(wechaty_channel, "serve_wechat", None)
-    if serve is not None:
-        return int(await serve(settings))
-    from bot.app import App, build_pipeline
-
-    channel = wechaty_channel.WechatyChannel.from_settings(settings)
-    app = App(settings, channel, pipeline=build_pipeline(settings))
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(sig, stop.set)
-    await app.start()
-    try:
-        await stop.wait()
-    finally:
-        await app.stop()
-    return 0
+    return int(await serve_wechat(settings))
 
 
 def cmd_run(args: argparse.Namespace) -> int:

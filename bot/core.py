@@ -41,7 +41,7 @@ def build_dispatcher(
     router = Router(
         registry=registry,
         bot_name=bot.name,
-        bot_id=channel.bot_id,
+        bot_id=lambda: channel.bot_id,
         group_allowlist=bot.group_allowlist,
         allow_private=bot.allow_private,
         require_mention_in_groups=bot.require_mention_in_groups,
