@@ -20,6 +20,8 @@ def write(tmp_path: Path, text: str) -> Path:
 def test_repository_config_yaml_is_valid_and_documented_defaults_match() -> None:
     settings = load_settings(REPO / "config.yaml", environ={})
     defaults = Settings()
+    # config.yaml documents the defaults: it must not drift from the models
+    assert settings.model_dump() == defaults.model_dump()
     assert settings.bot.image_window_s == defaults.bot.image_window_s == 300
     assert settings.quota.reset_time == "00:00"
     assert settings.quota.timezone == "Asia/Shanghai"
