@@ -96,6 +96,28 @@ class Settings(BaseModel):
     wechaty: WechatySettings = Field(default_factory=WechatySettings)
     prompts: PromptSettings = Field(default_factory=PromptSettings)
 
+    def supported_resolutions(self) -> list[str]:
+        """Resolutions users may ask for: `video.resolutions` limited to what the configured model
+        makes. A real Pyramid Flow checkpoint makes only its own variant (`generation.variant`); the
+        tiny random-weight model and the synthetic generator make both."""
+        allowed = list(self.video.resolutions)
+        if self.worker.generator == "pyramid_flow" and self.generation.checkpoint is not None:
+            allowed = [r for r in allowed if r == self.generation.variant]
+        return allowed
+
+    def default_resolution(self) -> str:
+        allowed = self.supported_resolutions()
+        return self.video.default_resolution if self.video.default_resolution in allowed else allowed[0]
+
+    @model_validator(mode="after")
+    def _model_can_serve_a_resolution(self) -> Settings:
+        if not self.supported_resolutions():
+            raise ValueError(
+                f"video.resolutions {self.video.resolutions} has no resolution the configured checkpoint "
+                f"makes (generation.variant={self.generation.variant})"
+            )
+        return self
+
 
 class SettingsError(ValueError):
     """Configuration is invalid; the message names every offending key path."""

@@ -209,8 +209,9 @@ class VideoPlugin(Plugin):
     # -- submit -------------------------------------------------------------------------------
     def _check_options(self, ctx: PluginContext, opts: VideoOptions) -> str | None:
         video = ctx.settings.video
-        if opts.resolution is not None and opts.resolution not in video.resolutions:
-            return f"当前模型不支持 {opts.resolution}，可选分辨率：{'、'.join(video.resolutions)}。"
+        allowed = ctx.settings.supported_resolutions()
+        if opts.resolution is not None and opts.resolution not in allowed:
+            return f"当前模型不支持 {opts.resolution}，可选分辨率：{'、'.join(allowed)}。"
         if opts.duration_s is not None and opts.duration_s not in video.durations_s:
             allowed = "、".join(f"{d} 秒" for d in video.durations_s)
             return f"不支持 {opts.duration_s} 秒的时长，可选：{allowed}。"
@@ -257,7 +258,7 @@ class VideoPlugin(Plugin):
                 await ctx.reply(message, str(err))
                 return
 
-        resolution = opts.resolution or video.default_resolution
+        resolution = opts.resolution or ctx.settings.default_resolution()
         duration = opts.duration_s or video.default_duration_s
         seed = opts.seed if opts.seed is not None else secrets.randbelow(video.max_seed + 1)
         group_id = message.chat_id if message.is_group else None

@@ -105,3 +105,11 @@ def test_secrets_are_refused_in_the_file_and_in_xiaoai_overrides(tmp_path: Path)
 def test_config_path_from_environment(tmp_path: Path) -> None:
     path = write(tmp_path, "quota:\n  daily: 9\n")
     assert load_settings(environ={"XIAOAI_CONFIG": str(path)}).quota.daily == 9
+
+
+def test_video_resolutions_must_include_what_the_checkpoint_makes(tmp_path: Path) -> None:
+    text = "video:\n  resolutions: ['384p']\n  default_resolution: 384p\ngeneration:\n  checkpoint: /models/pf\n  variant: 768p\n"
+    with pytest.raises(SettingsError, match="generation.variant"):
+        load_settings(write(tmp_path, text), environ={})
+    # the tiny random model (no checkpoint) makes both
+    assert load_settings(write(tmp_path, "video:\n  resolutions: ['384p']\n"), environ={}).supported_resolutions() == ["384p"]

@@ -242,3 +242,21 @@ async def test_refused_prompt_is_not_charged_and_not_echoed(tmp_path: Path) -> N
     await h.say(image=png_bytes(), **BOB)
     assert "不扣额度" in h.last_text() or "无法生成" in h.last_text()
     assert_nothing_debited(h, "wxid_bob")
+
+
+@async_test
+async def test_resolutions_follow_the_configured_checkpoint(tmp_path: Path) -> None:
+    settings = make_settings(
+        tmp_path,
+        worker={"generator": "pyramid_flow"},
+        generation={"checkpoint": str(tmp_path / "ckpt"), "variant": "768p"},
+        video={"default_resolution": "384p"},
+        quota={"daily": 10},
+    )
+    assert settings.supported_resolutions() == ["768p"]
+    h = await make_harness(settings)
+    await h.say("/视频 384p 一只猫", **ALICE)
+    assert "不支持 384p" in h.last_text() and "768p" in h.last_text()
+    await h.say("/视频 一只猫", **ALICE)
+    [job] = h.jobs("wxid_alice")
+    assert job.resolution == "768p" and job.cost == 3
