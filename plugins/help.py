@@ -20,7 +20,7 @@ class HelpPlugin(Plugin):
             lines += ["", "管理员命令："] + admin
         lines += [
             "",
-            "图生视频：先发一张图片，再在 5 分钟内发送 /视频 提示词。",
+            f"图生视频：先发一张图片，再在 {max(1, round(ctx.settings.bot.image_window_s / 60))} 分钟内发送 /视频 提示词。",
             "选项示例：/视频 768p 10秒 种子=7 一只猫在窗台上打盹",
         ]
         await ctx.reply(call.message, "\n".join(lines))
