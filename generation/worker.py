@@ -17,6 +17,7 @@ import multiprocessing as mp
 import os
 import threading
 import time
+import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -250,7 +251,7 @@ class WorkerSupervisor:
         self._thread.start()
 
     def _spawn(self) -> None:
-        self._child_id = f"{self.worker_id}-{os.getpid()}-{self.restarts}"
+        self._child_id = f"{self.worker_id}-{os.getpid()}-{self.restarts}-{uuid.uuid4().hex[:6]}"
         self._child_stop = self._ctx.Event()
         self._proc = self._ctx.Process(target=self.target, args=(self.settings, self._child_id, self._child_stop),
                                        name=self._child_id, daemon=True)
