@@ -82,12 +82,17 @@ class DeliveryLoop:
             self._wake = asyncio.Event()
             self._task = asyncio.create_task(self.run(), name="delivery-loop")
 
-    async def stop(self) -> None:
+    async def stop(self, grace_s: float = 10.0) -> None:
+        """Cancel the loop; wait at most `grace_s` for an in-flight send to unwind (a send stuck on a
+        dead connection must not hold up shutdown; its job stays undelivered and is retried next start)."""
         task, self._task = self._task, None
         if task is not None:
             task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+            done, _ = await asyncio.wait({task}, timeout=grace_s)
+            if not done:
+                log.warning("delivery loop did not stop within %.1f s; leaving it", grace_s)
+            elif not task.cancelled() and task.exception() is not None:
+                log.error("delivery loop ended with an error", exc_info=task.exception())
 
     def poke(self) -> None:
         """Look for work now (safe from any thread)."""

@@ -236,7 +236,7 @@ def _reference_order(queued, user_served, group_served):
     never = float("-inf")
     while remaining:
         def oldest(ps):
-            return min(ps, key=lambda p: (p.created_at, p.job_id))
+            return min(ps, key=lambda q: (q.created_at, q.job_id))
         by_group = {}
         for p in remaining:
             by_group.setdefault(p.group, []).append(p)
