@@ -1,7 +1,8 @@
 """Wiring: builds every part from the settings and runs them together.
 
 start():  open the SQLite file → QuotaBook (apply a missed daily reset once) → JobQueue (re-queue or
-          fail expired leases) → APScheduler daily reset → worker process (WorkerSupervisor) →
+          fail expired leases) → APScheduler daily reset → executor (local worker process or Ray pool, see
+          `generation.executors`) + admin pool alerts →
           DeliveryLoop → plugins + router + dispatcher → channel.start(dispatcher.handle).
 stop():   the reverse. Handler exceptions never reach the channel loop (see `bot.dispatcher`).
 
@@ -22,11 +23,13 @@ from bot.channel import Channel
 from bot.core import build_dispatcher
 from bot.delivery import DeliveryLoop
 from bot.dispatcher import Dispatcher
-from bot.messages import Message
+from bot.messages import Message, OutgoingText
 from bot.plugin import Plugin
 from bot.settings import Settings
 from bot.store.db import open_db
 from bot.store.quota import QuotaBook
+from generation.executors import EXECUTOR_EXTRA, Executor, build_executor
+from generation.executors.alerts import PoolAlerts
 from generation.jobs.queue import JobQueue
 from generation.worker import WorkerSupervisor
 from plugins import default_plugins
@@ -66,6 +69,8 @@ class App:
         self.queue: JobQueue | None = None
         self.dispatcher: Dispatcher | None = None
         self.supervisor: WorkerSupervisor | None = None
+        self.executor: Executor | None = None  # local worker process or Ray pool (settings.executor)
+        self.alerts: PoolAlerts | None = None
         self.delivery: DeliveryLoop | None = None
         self.scheduler: AsyncIOScheduler | None = None
         self._started = False
@@ -85,6 +90,8 @@ class App:
         self.quota.schedule_daily_reset(self.scheduler)
         self.scheduler.start()
 
+        if self.run_worker:
+            self.executor = build_executor(s)
         self.dispatcher = build_dispatcher(
             s,
             channel=self.channel,
@@ -93,11 +100,14 @@ class App:
             clock=self.clock,
             plugins=self.plugin_classes,
             pipeline=self.pipeline,
+            extras={EXECUTOR_EXTRA: self.executor} if self.executor is not None else None,
         )
 
-        if self.run_worker:
-            self.supervisor = WorkerSupervisor(s)
-            self.supervisor.start()
+        if self.executor is not None:
+            self.executor.start()
+            self.supervisor = getattr(self.executor, "supervisor", None)
+            self.alerts = PoolAlerts(self.executor, self._tell_admins)
+            await self.alerts.start()
         self.delivery = DeliveryLoop(self.queue, self.channel, s, self.clock)
         await self.delivery.start()
         await self.channel.start(self.handle)
@@ -108,20 +118,32 @@ class App:
         assert self.dispatcher is not None, "App.start() first"
         await self.dispatcher.handle(message)
 
+    async def _tell_admins(self, text: str) -> None:
+        for admin in self.settings.bot.admins:
+            try:
+                await self.channel.send_text(OutgoingText(chat_id=admin, text=text))
+            except Exception:
+                log.exception("could not alert admin %s", admin, extra={"user_id": admin})
+
     async def stop(self) -> None:
         steps: list[tuple[str, Callable[[], Any]]] = [
-            ("channel", self.channel.stop),
+            # Delivery first, while the channel is still up: an in-flight send then ends (or is
+            # cancelled) on a live connection instead of hanging on a torn-down one.
             ("delivery", self.delivery.stop if self.delivery else _noop),
-            ("worker", self.supervisor.stop if self.supervisor else _noop),
+            ("alerts", self.alerts.stop if self.alerts else _noop),
+            ("channel", self.channel.stop),
+            ("worker", self.executor.stop if self.executor else _noop),
             ("scheduler", (lambda: self.scheduler.shutdown(wait=False)) if self.scheduler else _noop),
         ]
         for name, step in steps:
+            began = time.monotonic()
             try:
                 result = step()
                 if asyncio.iscoroutine(result):
                     await result
             except Exception:
                 log.exception("error while stopping %s", name)
+            log.info("stopped %s in %.2f s", name, time.monotonic() - began)
         if self.db is not None:
             self.db.conn.close()
             self.db = None

@@ -24,6 +24,7 @@ def build_dispatcher(
     clock: Callable[[], float],
     plugins: Sequence[type[Plugin]],
     pipeline: Any | None = None,
+    extras: dict[str, Any] | None = None,
 ) -> Dispatcher:
     registry = PluginRegistry(plugins)
     registry.check_settings(settings)
@@ -37,6 +38,7 @@ def build_dispatcher(
         permissions=Permissions(bot.admins),
         registry=registry,
         pipeline=pipeline,
+        extras=extras if extras is not None else {},
     )
     router = Router(
         registry=registry,

@@ -35,6 +35,7 @@ from bot.images import ImageRejected, store_image, validate_image
 from bot.messages import Message
 from bot.plugin import CommandCall, Plugin, PluginContext, command
 from bot.timefmt import format_eta, format_next_reset
+from generation.executors.base import user_notice
 from generation.jobs.models import JobSpec, JobState, SubmitOutcome
 
 log = logging.getLogger(__name__)
@@ -173,6 +174,8 @@ class VideoPlugin(Plugin):
                 lines.append(f"#{job.id} 排队第 {pos} 位，预计{eta}后完成：{_short(job.prompt)}")
         if not mine:
             lines.append("您没有排队中的任务。")
+        if notice := user_notice(ctx.extras):
+            lines.append(notice)
         await ctx.reply(call.message, "\n".join(lines))
 
     # -- images -------------------------------------------------------------------------------
@@ -332,6 +335,8 @@ class VideoPlugin(Plugin):
             lines.extend(notes)
         elif spec.final_prompt != spec.prompt:
             lines.append(f"模型提示词：{spec.final_prompt}")
+        if notice := user_notice(ctx.extras):
+            lines.append(notice)
         lines.append("发送 /取消 可以取消。")
         return "\n".join(lines)
 

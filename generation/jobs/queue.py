@@ -231,11 +231,18 @@ class JobQueue:
         return max(0.0, expected - elapsed)
 
     # ================================================================ worker side
-    def claim(self, worker_id: str, lease_s: float) -> Job | None:
-        """Atomically take the next job in fair order and lease it to `worker_id`."""
+    def claim(self, worker_id: str, lease_s: float, *, resolutions: Iterable[str] | None = None) -> Job | None:
+        """Atomically take the next job in fair order and lease it to `worker_id`. With `resolutions`,
+        only jobs of those resolutions are considered (a pool whose workers serve different variants)."""
         now = self.clock()
         with transaction(self.db):
             queued, users, groups = self._pending_and_served()
+            if resolutions is not None and queued:
+                wanted = sorted(set(resolutions))
+                marks = ", ".join("?" for _ in wanted)
+                allowed = {r["id"] for r in self._rows(
+                    f"SELECT id FROM jobs WHERE state = 'queued' AND resolution IN ({marks})", wanted)}
+                queued = [p for p in queued if p.job_id in allowed]
             if not queued:
                 return None
             job_id = fair_order(queued, users, groups, limit=1)[0]
