@@ -207,3 +207,16 @@ def test_bfloat16_forward_runs_and_tracks_float32(name: str) -> None:
     assert out.dtype == torch.bfloat16 and torch.isfinite(out).all()
     rel = (out.float() - ref).norm() / ref.norm()
     assert rel < 0.05, float(rel)
+
+
+def test_graphed_wrapper_keeps_the_contract_and_runs_eagerly_off_gpu() -> None:
+    from generation.models.graphed import GraphedDiT
+
+    model = _tiny("pyramid_flux", seed=10)
+    wrapped = GraphedDiT(model)
+    assert wrapped.model_name == "pyramid_flux" and wrapped.config is model.config
+    assert wrapped.dtype == torch.float32 and isinstance(wrapped, torch.nn.Module)
+    inputs = _random_inputs([3, 7], 7, HISTORY[2:], seed=11)
+    with torch.no_grad():
+        torch.testing.assert_close(wrapped(*inputs), model(*inputs), atol=0, rtol=0)
+    assert wrapped.captures == 0  # CPU tensors: no graph

@@ -1,0 +1,132 @@
+"""Optional CUDA-graph replay of a Pyramid DiT forward, one graph per (unit, stage) layout.
+
+At 384p an eager DiT forward is bound by the host (kernel launches), not the GPU: on one H100 a
+flux forward at unit 0 takes 40 ms eager and 6.6 ms replayed from a CUDA graph. The sampler calls the
+DiT 10-20 times per (unit, stage) with identical shapes, so capturing once per layout and replaying
+pays off. The forward has no host syncs, and a replay gives the eager result bit for bit.
+
+Use only when the whole DiT lives on one CUDA device (no CPU offload hooks) and runs without grad.
+Anything else (CPU tensors, grad enabled) runs eagerly.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections import OrderedDict
+from collections.abc import Hashable
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import nn
+
+from generation.models.dit_base import PyramidDiTBase
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(slots=True)
+class _Captured:
+    graph: torch.cuda.CUDAGraph
+    clips: list[torch.Tensor]
+    text: torch.Tensor
+    pooled: torch.Tensor
+    timestep: torch.Tensor
+    out: torch.Tensor
+
+
+class GraphedDiT(nn.Module):
+    """Same call contract as the wrapped DiT (`PyramidDiT`); replays a CUDA graph per input layout."""
+
+    def __init__(self, dit: PyramidDiTBase, *, max_graphs: int = 64) -> None:
+        super().__init__()
+        self.dit = dit
+        self.model_name = dit.model_name
+        self.config = dit.config
+        self.max_graphs = max_graphs
+        self._graphs: OrderedDict[Hashable, _Captured] = OrderedDict()
+        self._pool: Any = None
+        self._warm = False
+        self.captures = 0
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return self.dit.dtype
+
+    @property
+    def device(self) -> torch.device:
+        return self.dit.device
+
+    def clear(self) -> None:
+        self._graphs.clear()
+
+    def forward(
+        self,
+        clips: list[torch.Tensor],
+        encoder_hidden_states: torch.Tensor,
+        encoder_attention_mask: torch.Tensor,
+        pooled_projections: torch.Tensor,
+        timestep: torch.Tensor,
+    ) -> torch.Tensor:
+        args = (clips, encoder_hidden_states, encoder_attention_mask, pooled_projections, timestep)
+        if (
+            torch.is_grad_enabled()
+            or not clips[-1].is_cuda
+            or not isinstance(timestep, torch.Tensor)
+            or timestep.device != clips[-1].device
+        ):
+            return self.dit(*args)
+        _, signature = self.dit._mask_reader(encoder_attention_mask)
+        key = (
+            tuple((tuple(c.shape), c.dtype) for c in clips),
+            tuple(encoder_hidden_states.shape), encoder_hidden_states.dtype,
+            tuple(pooled_projections.shape), pooled_projections.dtype,
+            tuple(timestep.shape), timestep.dtype,
+            signature, clips[-1].device, self.dit.attention_backend, self.dit.merge_tokens,
+        )
+        cap = self._graphs.get(key)
+        if cap is None:
+            cap = self._capture(key, *args)
+        else:
+            self._graphs.move_to_end(key)
+        for dst, src in zip(cap.clips, clips, strict=True):
+            dst.copy_(src)
+        cap.text.copy_(encoder_hidden_states)
+        cap.pooled.copy_(pooled_projections)
+        cap.timestep.copy_(timestep)
+        cap.graph.replay()
+        return cap.out.clone()
+
+    def _capture(
+        self,
+        key: Hashable,
+        clips: list[torch.Tensor],
+        text: torch.Tensor,
+        mask: torch.Tensor,
+        pooled: torch.Tensor,
+        timestep: torch.Tensor,
+    ) -> _Captured:
+        s_clips = [c.clone() for c in clips]
+        s_text, s_pooled, s_t = text.clone(), pooled.clone(), timestep.clone()
+        plan = self.dit.forward_plan(s_clips, mask)  # host-side work and H2D copies stay outside capture
+        if self.dit.attention_backend == "dense":
+            plan.attention.dense_mask()
+        if not self._warm:  # library handles / workspaces are created by one eager run first
+            stream = torch.cuda.Stream()
+            stream.wait_stream(torch.cuda.current_stream())
+            with torch.cuda.stream(stream):
+                self.dit(s_clips, s_text, mask, s_pooled, s_t)
+            torch.cuda.current_stream().wait_stream(stream)
+            self._warm = True
+        graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(graph, pool=self._pool):
+            out = self.dit(s_clips, s_text, mask, s_pooled, s_t)
+        if self._pool is None:
+            self._pool = graph.pool()
+        cap = _Captured(graph, s_clips, s_text, s_pooled, s_t, out)
+        self._graphs[key] = cap
+        while len(self._graphs) > self.max_graphs:
+            self._graphs.popitem(last=False)
+        self.captures += 1
+        log.debug("captured DiT CUDA graph #%d for clips %s", self.captures, [tuple(c.shape) for c in clips])
+        return cap
