@@ -4,11 +4,16 @@ tiny:   the tiny pipeline on the accelerator in bf16 with every placement (outpu
 parity: the e2e parity fixtures run on the accelerator (fp32) and the deviations printed.
 full:   full-size random-weight DiT + VAE (text encoders replaced by random embeddings of the right
         shapes, as in SPEC §11.1) for one 384p/768p video; prints sampling/decode time and peak memory.
+        `--graphs` replays the DiT from CUDA graphs; `--mem-cap-gib` caps the allocator
+        (`torch.cuda.set_per_process_memory_fraction`) and lets the memory planner pick the placement.
+equal:  the fast path (bf16, prefix attention, CUDA graphs) against the plain path (fp32, dense mask,
+        eager) on the same full-size random weights, text and noise: relative L2 of the latents.
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import sys
 import time
@@ -78,12 +83,16 @@ def cmd_full(args: argparse.Namespace) -> int:
     from generation.decode import StreamingFrameDecoder, decode_to_frames
     from generation.latents import latent_norm
     from generation.models import build_dit
+    from generation.models.graphed import GraphedDiT
     from generation.models.vae import CausalVideoVAE, VAEConfig
     from generation.sampling.noise import GeneratorNoise
     from generation.sampling.pyramid import SamplerOptions, prepare_initial_noise, sample_t2v
 
     device = torch.device(args.device)
     dtype = torch.bfloat16
+    if args.mem_cap_gib:
+        total = torch.cuda.get_device_properties(device).total_memory
+        torch.cuda.set_per_process_memory_fraction(min(1.0, args.mem_cap_gib * 2**30 / total), device)
     manifests = ROOT / "tests" / "fixtures" / "manifests"
     short = {"pyramid_flux": "dit_pyramid_flux", "pyramid_mmdit": "dit_pyramid_mmdit"}[args.model]
     dit_cfg = json.loads((manifests / f"{short}.json").read_text())["config_json"]
@@ -95,6 +104,8 @@ def cmd_full(args: argparse.Namespace) -> int:
         vae = CausalVideoVAE(VAEConfig.from_dict(vae_cfg)).to(dtype).eval().requires_grad_(False)
     _sync()
     print(f"built random {args.model} + VAE on {device} in {time.perf_counter() - t:.1f}s")
+    model = GraphedDiT(dit) if args.graphs else dit
+    weights = torch.cuda.memory_allocated(device) / 2**30
     w, h = (640, 384) if args.variant == "384p" else (1280, 768)
     text = _random_text(args.model, device, dtype)
     opts = SamplerOptions(first_frame_steps=(20, 20, 20), video_steps=(10, 10, 10), guidance_scale=7.0,
@@ -107,26 +118,188 @@ def cmd_full(args: argparse.Namespace) -> int:
         with torch.no_grad():
             init = prepare_initial_noise(noise, batch=1, temp=args.temp, latent_height=h // 8, latent_width=w // 8,
                                          num_stages=3, device=device, dtype=dtype)
-            stream = StreamingFrameDecoder(vae, norm, tiling=True, dtype=dtype) if args.stream else None
+            stream = StreamingFrameDecoder(vae, norm, tiling=not args.untiled, dtype=dtype) if args.stream else None
             on_unit = (lambda _k, x, s=stream: s.push(x)) if stream is not None else None
-            lat = sample_t2v(dit, text, init, options=opts, noise=noise, on_unit=on_unit)
+            lat = sample_t2v(model, text, init, options=opts, noise=noise, on_unit=on_unit)
             _sync()
             t1 = time.perf_counter()
-            frames = stream.frames() if stream is not None else decode_to_frames(vae, lat, norm, tiling=True,
+            peak_sampling = torch.cuda.max_memory_allocated() / 2**30
+            torch.cuda.reset_peak_memory_stats()
+            frames = stream.frames() if stream is not None else decode_to_frames(vae, lat, norm, tiling=not args.untiled,
                                                                                  dtype=dtype)
             _sync()
             t2 = time.perf_counter()
-        peak = torch.cuda.max_memory_allocated() / 2**30
+        peak_decode = torch.cuda.max_memory_allocated() / 2**30
+        peak = max(peak_sampling, peak_decode)
         print(f"run {rep}: {args.model} {args.variant} temp={args.temp} total {t2 - t0:.1f}s "
               f"(sampling{'+stream decode' if stream else ''} {t1 - t0:.1f}s, final decode {t2 - t1:.1f}s) "
-              f"frames {frames.shape} peak {peak:.1f} GiB finite={bool(torch.isfinite(lat).all())}")
+              f"frames {frames.shape} peak {peak:.2f} GiB (sampling {peak_sampling:.2f}, final decode "
+              f"{peak_decode:.2f}, weights {weights:.2f}) finite={bool(torch.isfinite(lat).all())}")
+        print(json.dumps({"bench": "full", "model": args.model, "variant": args.variant, "temp": args.temp,
+                          "graphs": args.graphs, "stream": args.stream, "tiling": not args.untiled,
+                          "attention": args.attention, "mem_cap_gib": args.mem_cap_gib, "rep": rep,
+                          "total_s": round(t2 - t0, 2), "sampling_s": round(t1 - t0, 2),
+                          "decode_s": round(t2 - t1, 2), "peak_gib": round(peak, 3),
+                          "peak_sampling_gib": round(peak_sampling, 3), "peak_decode_gib": round(peak_decode, 3),
+                          "weights_gib": round(weights, 3), "device": torch.cuda.get_device_name(device)}))
+    return 0
+
+
+def _manifest_config(name: str) -> dict:
+    manifests = ROOT / "tests" / "fixtures" / "manifests"
+    short = {"pyramid_flux": "dit_pyramid_flux", "pyramid_mmdit": "dit_pyramid_mmdit", "vae": "causal_vae"}[name]
+    return json.loads((manifests / f"{short}.json").read_text())["config_json"]
+
+
+def _rel(a: torch.Tensor, b: torch.Tensor) -> float:
+    return float((a.float() - b.float()).norm() / b.float().norm())
+
+
+def cmd_equal(args: argparse.Namespace) -> int:
+    """Fast path vs plain fp32 path on the same weights, text and noise (SPEC-sized model, short video)."""
+    from generation.models import build_dit
+    from generation.models.graphed import GraphedDiT
+    from generation.sampling.noise import GeneratorNoise
+    from generation.sampling.pyramid import SamplerOptions, prepare_initial_noise, sample_t2v
+
+    device = torch.device(args.device)
+    w, h = (640, 384) if args.variant == "384p" else (1280, 768)
+    opts = SamplerOptions(first_frame_steps=(4, 4, 4), video_steps=(3, 3, 3), guidance_scale=7.0,
+                          video_guidance_scale=5.0)
+    bad = 0
+    for model_name in args.models:
+        torch.manual_seed(0)
+        with torch.device(device):
+            dit = build_dit(model_name, _manifest_config(model_name), attention_backend="dense")
+        dit = dit.float().eval().requires_grad_(False)
+        text32 = _random_text(model_name, device, torch.float32)
+
+        def run(model, dtype: torch.dtype, latent_dtype: torch.dtype | None, text) -> torch.Tensor:
+            noise = GeneratorNoise(7)
+            o = dataclasses.replace(opts, latent_dtype=latent_dtype)
+            with torch.no_grad():
+                init = prepare_initial_noise(noise, batch=1, temp=args.temp, latent_height=h // 8,
+                                             latent_width=w // 8, num_stages=3, device=device, dtype=latent_dtype or dtype)
+                out = sample_t2v(model, text, init, options=o, noise=noise)
+            _sync()
+            return out.float()
+
+        t0 = time.perf_counter()
+        plain = run(dit, torch.float32, torch.float32, text32)
+        t1 = time.perf_counter()
+        dit.set_attention_backend("prefix")
+        prefix32 = run(dit, torch.float32, torch.float32, text32)
+        dit = dit.to(torch.bfloat16)
+        text16 = _random_text(model_name, device, torch.bfloat16)
+        eager16 = run(dit, torch.bfloat16, None, text16)
+        t2 = time.perf_counter()
+        fast = run(GraphedDiT(dit), torch.bfloat16, None, text16)
+        t3 = time.perf_counter()
+        r_prefix = _rel(prefix32, plain)
+        r_fast = _rel(fast, plain)
+        r_eager16 = _rel(eager16, plain)
+        graphs_bitwise = bool(torch.equal(fast, eager16))
+        finite = bool(torch.isfinite(fast).all())
+        ok = r_prefix < 1e-4 and r_fast < 2e-2 and finite and graphs_bitwise
+        bad += 0 if ok else 1
+        print(json.dumps({"check": "equal", "model": model_name, "variant": args.variant, "temp": args.temp,
+                          "rel_l2_prefix_fp32_vs_dense_fp32": r_prefix, "rel_l2_fast_bf16_vs_plain_fp32": r_fast,
+                          "rel_l2_eager_bf16_vs_plain_fp32": r_eager16, "graphs_equal_eager_bitwise": graphs_bitwise,
+                          "finite": finite, "plain_s": round(t1 - t0, 2), "fast_s": round(t3 - t2, 2), "ok": ok}))
+        del dit
+        torch.cuda.empty_cache()
+    return 1 if bad else 0
+
+
+def cmd_profile(args: argparse.Namespace) -> int:
+    """Where the time of a short full-size video goes: warm-up, sampling alone, decode alone, sampling with
+    streamed decode, per-forward DiT timing by (unit, stage), then a torch.profiler table."""
+    from torch.profiler import ProfilerActivity, profile
+
+    from generation.decode import StreamingFrameDecoder, decode_to_frames
+    from generation.latents import latent_norm
+    from generation.models import build_dit
+    from generation.models.graphed import GraphedDiT
+    from generation.models.vae import CausalVideoVAE, VAEConfig
+    from generation.sampling.noise import GeneratorNoise
+    from generation.sampling.pyramid import SamplerOptions, prepare_initial_noise, sample_t2v
+
+    device = torch.device(args.device)
+    dtype = torch.bfloat16
+    torch.manual_seed(0)
+    with torch.device(device):
+        dit = build_dit(args.model, _manifest_config(args.model)).to(dtype).eval().requires_grad_(False)
+        vae = CausalVideoVAE(VAEConfig.from_dict(_manifest_config("vae"))).to(dtype).eval().requires_grad_(False)
+    model = GraphedDiT(dit) if args.graphs else dit
+    text = _random_text(args.model, device, dtype)
+    opts = SamplerOptions()
+    norm = latent_norm(args.model)
+
+    def sample(temp: int, stream: bool, dit_fn=model):
+        noise = GeneratorNoise(0)
+        init = prepare_initial_noise(noise, batch=1, temp=temp, latent_height=48, latent_width=80, num_stages=3,
+                                     device=device, dtype=dtype)
+        st = StreamingFrameDecoder(vae, norm, tiling=True, dtype=dtype) if stream else None
+        lat = sample_t2v(dit_fn, text, init, options=opts, noise=noise,
+                         on_unit=(lambda _k, x: st.push(x)) if st is not None else None)
+        if st is not None:
+            st.frames()
+        _sync()
+        return lat
+
+    def timed(label: str, fn) -> None:
+        _sync()
+        t = time.perf_counter()
+        with torch.no_grad():
+            fn()
+        _sync()
+        print(json.dumps({"profile": label, "s": round(time.perf_counter() - t, 3)}), flush=True)
+
+    temp = args.temp
+    timed(f"warmup_t{temp}_stream", lambda: sample(temp, True))
+    timed(f"sampling_t{temp}", lambda: sample(temp, False))
+    lat = {}
+    with torch.no_grad():
+        lat["x"] = sample(temp, False)
+    timed(f"decode_tiled_t{temp}", lambda: decode_to_frames(vae, lat["x"], norm, tiling=True, dtype=dtype))
+    timed(f"sampling_stream_t{temp}", lambda: sample(temp, True))
+
+    times: dict[str, list[float]] = {}
+
+    class Timed(torch.nn.Module):
+        def __init__(self, inner: torch.nn.Module) -> None:
+            super().__init__()
+            self.inner = inner
+
+        def forward(self, *a):
+            key = "x".join(str(int(c.shape[-3]) * int(c.shape[-2]) * int(c.shape[-1])) for c in a[0])
+            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+            start.record()
+            out = self.inner(*a)
+            end.record()
+            times.setdefault(key, []).append((start, end))
+            return out
+
+    per_call = Timed(model)
+    with torch.no_grad():
+        sample(temp, False, per_call)
+    _sync()
+    rows = {k: (len(v), sum(s.elapsed_time(e) for s, e in v)) for k, v in times.items()}
+    total = sum(ms for _, ms in rows.values())
+    print(json.dumps({"profile": "dit_gpu_ms_by_tokens", "total_ms": round(total, 1),
+                      "rows": {k: [n, round(ms / n, 2)] for k, (n, ms) in sorted(rows.items())}}), flush=True)
+    with torch.no_grad(), profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof:
+        sample(min(temp, 4), True)
+    print(prof.key_averages().table(sort_by="self_cuda_time_total", row_limit=25, max_name_column_width=60))
+    print(prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=20, max_name_column_width=60))
     return 0
 
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m generation.bench")
     sub = ap.add_subparsers(dest="cmd", required=True)
-    for name, fn in (("tiny", cmd_tiny), ("parity", cmd_parity), ("full", cmd_full)):
+    for name, fn in (("tiny", cmd_tiny), ("parity", cmd_parity), ("full", cmd_full), ("equal", cmd_equal),
+                     ("profile", cmd_profile)):
         p = sub.add_parser(name)
         p.add_argument("--device", default="cuda")
         p.set_defaults(func=fn)
@@ -137,6 +310,17 @@ def main(argv: list[str] | None = None) -> int:
             p.add_argument("--repeat", type=int, default=2)
             p.add_argument("--attention", default="prefix", choices=["prefix", "dense"])
             p.add_argument("--stream", action="store_true", help="decode each unit as soon as it is generated")
+            p.add_argument("--graphs", action="store_true", help="replay DiT forwards from CUDA graphs")
+            p.add_argument("--untiled", action="store_true", help="decode without spatial tiles")
+            p.add_argument("--mem-cap-gib", type=float, default=0.0, help="cap the CUDA allocator (simulate a small card)")
+        if name == "profile":
+            p.add_argument("--model", default="pyramid_flux", choices=["pyramid_flux", "pyramid_mmdit"])
+            p.add_argument("--temp", type=int, default=6)
+            p.add_argument("--graphs", action="store_true")
+        if name == "equal":
+            p.add_argument("--models", nargs="+", default=["pyramid_flux", "pyramid_mmdit"])
+            p.add_argument("--variant", default="384p", choices=["384p", "768p"])
+            p.add_argument("--temp", type=int, default=3)
     args = ap.parse_args(argv)
     return int(args.func(args))
 

@@ -22,9 +22,10 @@ log = logging.getLogger(__name__)
 
 
 class Placement(StrEnum):
-    GPU = "gpu"
-    MODEL_OFFLOAD = "model_offload"
-    SEQUENTIAL_OFFLOAD = "sequential_offload"
+    GPU = "gpu"  # everything resident on the execution device
+    TEXT_OFFLOAD = "text_offload"  # DiT + VAE resident; text encoders brought in only to encode
+    MODEL_OFFLOAD = "model_offload"  # each component on the device only while it runs
+    SEQUENTIAL_OFFLOAD = "sequential_offload"  # DiT/text blocks streamed one at a time (some may stay resident)
 
 
 def _streamable_blocks(module: nn.Module) -> list[nn.Module]:
@@ -53,33 +54,65 @@ def _move_direct(m: nn.Module, device: torch.device) -> None:
 
 
 class BlockStreamer:
-    """Forward hooks that bring each block to `device` just before it runs and send it back after."""
+    """Forward hooks that bring each streamed block to `device` just before it runs and drop it after.
 
-    def __init__(self, module: nn.Module, device: torch.device, offload_device: torch.device) -> None:
+    The first `resident_blocks` blocks stay on the device for good (a partly fitting model streams only
+    the rest). Streamed blocks keep one host copy of their weights (pinned when the device is CUDA, so
+    the upload is an asynchronous DMA ordered on the compute stream); after the block ran, its
+    parameters point back at that host copy, so nothing is copied device→host (inference only: the
+    weights never change).
+    """
+
+    def __init__(self, module: nn.Module, device: torch.device, offload_device: torch.device, *,
+                 resident_blocks: int = 0) -> None:  # fmt: skip
         self.module = module
         self.device = device
         self.offload_device = offload_device
-        self.blocks = _streamable_blocks(module)
+        blocks = _streamable_blocks(module)
+        self.resident = blocks[: max(0, resident_blocks)]
+        self.blocks = blocks[len(self.resident):]
         self.loads = 0
-        block_ids = {id(b) for b in self.blocks}
+        streamed_ids = {id(b) for b in self.blocks}
         inside: set[int] = set()
         for b in self.blocks:
             inside.update(id(x) for x in b.modules())
         for m in module.modules():
-            if id(m) not in inside and id(m) not in block_ids:
+            if id(m) not in inside and id(m) not in streamed_ids:
                 _move_direct(m, device)
+        pin = device.type == "cuda" and offload_device.type == "cpu"
+        self._host: dict[int, list[tuple[nn.Module, str, bool, torch.Tensor]]] = {}
         self.handles = []
         for b in self.blocks:
-            b.to(offload_device)
+            entries = []
+            for m in b.modules():
+                for name, t in list(m._parameters.items()) + list(m._buffers.items()):
+                    if t is None:
+                        continue
+                    host = t.data.to(offload_device)
+                    if pin:
+                        host = host.pin_memory()
+                    is_param = name in m._parameters
+                    entries.append((m, name, is_param, host))
+                    self._point(m, name, is_param, host)
+            self._host[id(b)] = entries
             self.handles.append(b.register_forward_pre_hook(self._pre))
             self.handles.append(b.register_forward_hook(self._post))
 
+    @staticmethod
+    def _point(m: nn.Module, name: str, is_param: bool, data: torch.Tensor) -> None:
+        if is_param:
+            m._parameters[name].data = data  # type: ignore[union-attr]
+        else:
+            m._buffers[name] = data
+
     def _pre(self, block: nn.Module, _args) -> None:
-        block.to(self.device, non_blocking=True)
+        for m, name, is_param, host in self._host[id(block)]:
+            self._point(m, name, is_param, host.to(self.device, non_blocking=True))
         self.loads += 1
 
     def _post(self, block: nn.Module, _args, _out) -> None:
-        block.to(self.offload_device)
+        for m, name, is_param, host in self._host[id(block)]:
+            self._point(m, name, is_param, host)
 
     def remove(self) -> None:
         for h in self.handles:
@@ -88,11 +121,14 @@ class BlockStreamer:
 
 
 class PlacementManager:
-    def __init__(self, placement: Placement | str, device: torch.device, offload_device: torch.device | None = None):
+    def __init__(self, placement: Placement | str, device: torch.device, offload_device: torch.device | None = None,
+                 *, resident_blocks: int = 0) -> None:  # fmt: skip
         self.placement = Placement(placement)
         self.device = torch.device(device)
         self.offload_device = offload_device or torch.device("cpu")
+        self.resident_blocks = resident_blocks  # SEQUENTIAL_OFFLOAD: DiT blocks kept on the device
         self.streamers: list[BlockStreamer] = []
+        self.resident: list[nn.Module] = []  # whole modules that stay on the device
         self.moves: list[tuple[str, str]] = []  # (module class, device) log of every whole-module move
 
     @property
@@ -100,19 +136,30 @@ class PlacementManager:
         return [s.module for s in self.streamers]
 
     def prepare(self, *, streamed: Iterable[nn.Module], swapped: Iterable[nn.Module]) -> None:
-        """`streamed` = DiT and text models (block streaming in SEQUENTIAL_OFFLOAD), `swapped` = the VAE."""
+        """`streamed` = DiT first, then the text models (block streaming in SEQUENTIAL_OFFLOAD), `swapped` =
+        the VAE."""
         streamed = list(streamed)
         swapped = list(swapped)
         if self.placement is Placement.GPU:
             for m in streamed + swapped:
                 self._move(m, self.device)
+            self.resident = streamed + swapped
+            return
+        if self.placement is Placement.TEXT_OFFLOAD:
+            dit, text = streamed[:1], streamed[1:]
+            for m in dit + swapped:
+                self._move(m, self.device)
+            for m in text:
+                self._move(m, self.offload_device)
+            self.resident = dit + swapped
             return
         if self.placement is Placement.SEQUENTIAL_OFFLOAD:
-            for m in streamed:
+            for i, m in enumerate(streamed):
                 if _streamable_blocks(m):
-                    self.streamers.append(BlockStreamer(m, self.device, self.offload_device))
-                    log.info("sequential offload: streaming %d blocks of %s", len(self.streamers[-1].blocks),
-                             type(m).__name__)
+                    keep = self.resident_blocks if i == 0 else 0
+                    self.streamers.append(BlockStreamer(m, self.device, self.offload_device, resident_blocks=keep))
+                    log.info("sequential offload: streaming %d blocks of %s (%d resident)",
+                             len(self.streamers[-1].blocks), type(m).__name__, len(self.streamers[-1].resident))
                 else:
                     self._move(m, self.offload_device)
             for m in swapped:
@@ -131,8 +178,8 @@ class PlacementManager:
         if self.placement is Placement.GPU:
             yield
             return
-        hooked = self.hooked
-        moved = [m for m in modules if not any(m is h for h in hooked)]
+        fixed = self.hooked + self.resident
+        moved = [m for m in modules if not any(m is h for h in fixed)]
         for m in moved:
             self._move(m, self.device)
         try:
@@ -140,5 +187,5 @@ class PlacementManager:
         finally:
             for m in moved:
                 self._move(m, self.offload_device)
-            if self.device.type == "cuda":
+            if moved and self.device.type == "cuda":
                 torch.cuda.empty_cache()

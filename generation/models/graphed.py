@@ -19,10 +19,16 @@ from typing import Any
 
 import torch
 from torch import nn
+from torch.nn.attention import SDPBackend, sdpa_kernel
 
 from generation.models.dit_base import PyramidDiTBase
 
 log = logging.getLogger(__name__)
+
+# SDPA kernels captured into graphs. The cuDNN backend is left out: on an H200 with PyTorch 2.11 a graph
+# holding cuDNN attention segfaulted on replay once later graphs had been captured (measured; see
+# benchmarks/RESULTS.md). Flash/efficient kernels are plain launches and replay safely.
+GRAPH_SAFE_SDPA = [SDPBackend.FLASH_ATTENTION, SDPBackend.EFFICIENT_ATTENTION, SDPBackend.MATH]
 
 
 @dataclass(slots=True)
@@ -33,6 +39,7 @@ class _Captured:
     pooled: torch.Tensor
     timestep: torch.Tensor
     out: torch.Tensor
+    plan: Any  # the DiT forward plan the graph reads (rope tables, masks): kept alive with the graph
 
 
 class GraphedDiT(nn.Module):
@@ -111,19 +118,20 @@ class GraphedDiT(nn.Module):
         plan = self.dit.forward_plan(s_clips, mask)  # host-side work and H2D copies stay outside capture
         if self.dit.attention_backend == "dense":
             plan.attention.dense_mask()
-        if not self._warm:  # library handles / workspaces are created by one eager run first
-            stream = torch.cuda.Stream()
-            stream.wait_stream(torch.cuda.current_stream())
-            with torch.cuda.stream(stream):
-                self.dit(s_clips, s_text, mask, s_pooled, s_t)
-            torch.cuda.current_stream().wait_stream(stream)
-            self._warm = True
-        graph = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(graph, pool=self._pool):
-            out = self.dit(s_clips, s_text, mask, s_pooled, s_t)
+        with sdpa_kernel(GRAPH_SAFE_SDPA):
+            if not self._warm:  # library handles / workspaces are created by one eager run first
+                stream = torch.cuda.Stream()
+                stream.wait_stream(torch.cuda.current_stream())
+                with torch.cuda.stream(stream):
+                    self.dit(s_clips, s_text, mask, s_pooled, s_t)
+                torch.cuda.current_stream().wait_stream(stream)
+                self._warm = True
+            graph = torch.cuda.CUDAGraph()
+            with torch.cuda.graph(graph, pool=self._pool):
+                out = self.dit(s_clips, s_text, mask, s_pooled, s_t)
         if self._pool is None:
             self._pool = graph.pool()
-        cap = _Captured(graph, s_clips, s_text, s_pooled, s_t, out)
+        cap = _Captured(graph, s_clips, s_text, s_pooled, s_t, out, plan)
         self._graphs[key] = cap
         while len(self._graphs) > self.max_graphs:
             self._graphs.popitem(last=False)
