@@ -41,7 +41,8 @@ def add_generate_parser(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--variant", choices=["384p", "768p"], default=None, help="checkpoint variant (default: resolution)")
     p.add_argument("--dtype", choices=["auto", "bf16", "fp32", "fp16"], default=None)
     p.add_argument("--device", default=None, help="auto (default), cpu, cuda, cuda:1 ...")
-    p.add_argument("--placement", choices=["gpu", "model_offload", "sequential_offload"], default=None)
+    p.add_argument("--placement", choices=["auto", "gpu", "text_offload", "model_offload", "sequential_offload"],
+                   default=None)
     p.add_argument("--no-tiling", action="store_true", help="untiled VAE decode (more memory, no seams)")
     p.add_argument("--no-progress", action="store_true")
     p.set_defaults(func=run_generate)

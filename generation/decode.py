@@ -80,6 +80,7 @@ def decode_to_frames(
     tiling: bool = True,
     dtype: torch.dtype | None = None,
     save_memory: bool = True,
+    tile_size: int | None = None,
 ) -> np.ndarray:
     """Model-space latents [B, C, T, h, w] → uint8 frames [B*F, H, W, 3]. save_memory (the reference default):
     temporal window 1 and 256 px tiles; otherwise window 2 and 512 px tiles (tiles only when tiling is on)."""
@@ -87,6 +88,7 @@ def decode_to_frames(
     if dtype is not None:
         z = z.to(dtype)
     window, tile = (1, DECODE_TILE) if save_memory else (2, 2 * DECODE_TILE)
+    tile = tile_size or tile
     pixels = vae.decode(z, chunk_window=window, tile_size=tile if tiling else None)
     return to_uint8_frames(pixels)
 
@@ -95,8 +97,9 @@ class StreamingFrameDecoder:
     """Push each finished model-space latent frame (in order). Decoded frames stay on the device as uint8
     (no host sync inside the sampling loop); `frames()` copies them to the host once at the end."""
 
-    def __init__(self, vae: VAELike, norm: LatentNorm, *, tiling: bool = True, dtype: torch.dtype | None = None):
-        self._stream = vae.stream_decoder(tile_size=DECODE_TILE if tiling else None)
+    def __init__(self, vae: VAELike, norm: LatentNorm, *, tiling: bool = True, dtype: torch.dtype | None = None,
+                 tile_size: int = DECODE_TILE):  # fmt: skip
+        self._stream = vae.stream_decoder(tile_size=tile_size if tiling else None)
         self._norm = norm
         self._dtype = dtype
         self._count = 0

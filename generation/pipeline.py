@@ -27,10 +27,20 @@ from generation.api import (
     ProgressFn,
 )
 from generation.components import VARIANT_MAX_TEMP, PipelineComponents
-from generation.decode import StreamingFrameDecoder, decode_to_frames, encode_image_latent
+from generation.decode import DECODE_TILE, StreamingFrameDecoder, decode_to_frames, encode_image_latent
 from generation.images import load_image_for_video
 from generation.latents import latent_norm
 from generation.memory import Placement, PlacementManager
+from generation.models.graphed import GraphedDiT
+from generation.planner import (
+    Footprint,
+    GiB,
+    PlacementPlan,
+    fallback,
+    gpu_budget,
+    plan_placement,
+    working_set,
+)
 from generation.sampling.noise import GeneratorNoise, NoiseSource
 from generation.sampling.pyramid import SamplerOptions, prepare_initial_noise, sample_i2v, sample_t2v
 from generation.sampling.schedule import build_schedule
@@ -65,10 +75,57 @@ class PyramidFlowGenerator:
         self.settings = settings
         self.norm = latent_norm(components.model_name)
         self.schedule = build_schedule()
-        self.placement = placement or PlacementManager(Placement(settings.placement), components.device)
-        streamed = [components.dit] + (components.text.encoder.modules() if components.text else [])
-        self.placement.prepare(streamed=streamed, swapped=[components.vae])
         self._lock = threading.Lock()
+        self.plan: PlacementPlan | None = None  # set when the planner chose the placement
+        device = components.device
+        if settings.memory_cap_gib is not None and device.type == "cuda":
+            total = torch.cuda.get_device_properties(device).total_memory
+            torch.cuda.set_per_process_memory_fraction(min(1.0, settings.memory_cap_gib * GiB / total), device)
+        if placement is None:
+            if settings.placement == "auto":
+                self.plan = self._plan(Placement.GPU)
+                placement = PlacementManager(self.plan.placement, device, resident_blocks=self.plan.resident_blocks)
+            else:
+                placement = PlacementManager(Placement(settings.placement), device)
+        self._place(placement)
+
+    def _plan(self, start: Placement) -> PlacementPlan:
+        c = self.c
+        text_models = c.text.encoder.modules() if c.text else []
+        longest = max(VARIANT_MAX_TEMP[r] for r in ("384p", "768p") if c.supports(r))
+        plan = plan_placement(Footprint.of(c.dit, text_models, c.vae), working_set(c.model_name, c.variant, longest),
+                              gpu_budget(c.device, self.settings.memory_cap_gib), start=start)
+        level = logging.INFO if plan.fits else logging.WARNING
+        log.log(level, "memory plan: %s%s", plan.describe(),
+                f" (rejected: {'; '.join(plan.rejected)})" if plan.rejected else "",
+                extra={"placement": plan.placement.value})  # fmt: skip
+        return plan
+
+    def _place(self, placement: PlacementManager) -> None:
+        c = self.c
+        self.placement = placement
+        streamed = [c.dit] + (c.text.encoder.modules() if c.text else [])
+        placement.prepare(streamed=streamed, swapped=[c.vae])
+        resident_dit = placement.placement in (Placement.GPU, Placement.TEXT_OFFLOAD)
+        use_graphs = self.settings.cuda_graphs and resident_dit and placement.device.type == "cuda"
+        self.dit: torch.nn.Module = GraphedDiT(c.dit) if use_graphs else c.dit
+        stream = self.settings.stream_decode
+        self.decode_tile = self.plan.decode_tile if self.plan is not None else DECODE_TILE
+        self.stream_decode = (resident_dit and placement.device.type == "cuda") if stream is None else (
+            stream and resident_dit)
+
+    def _fall_back(self) -> bool:
+        """After an out-of-memory error: move to the next slower placement. False when none is left."""
+        if self.plan is None or (nxt := fallback(self.plan)) is None:
+            return False
+        for s in self.placement.streamers:
+            s.remove()
+        if isinstance(self.dit, GraphedDiT):
+            self.dit.clear()
+        torch.cuda.empty_cache()
+        self.plan = self._plan(nxt)
+        self._place(PlacementManager(self.plan.placement, self.c.device, resident_blocks=self.plan.resident_blocks))
+        return True
 
     @property
     def label(self) -> str:
@@ -182,7 +239,21 @@ class PyramidFlowGenerator:
 
     def render(self, job: Job, *, noise: NoiseSource, progress: ProgressFn | None = None,
                should_cancel: CancelFn | None = None) -> tuple[np.ndarray, dict[str, float]]:
-        """Encode text (and image), sample, decode: uint8 frames [F, H, W, 3] and stage timings."""
+        """Encode text (and image), sample, decode: uint8 frames [F, H, W, 3] and stage timings. Out of GPU
+        memory under a planned placement, the job restarts once per slower placement, with the same noise."""
+        while True:
+            try:
+                return self._render_once(job, noise=noise, progress=progress, should_cancel=should_cancel)
+            except torch.cuda.OutOfMemoryError:
+                before = self.placement.placement.value
+                if not self._fall_back():
+                    raise
+                log.warning("out of GPU memory under %s; retrying under %s", before, self.placement.placement.value)
+                if isinstance(noise, GeneratorNoise):
+                    noise = GeneratorNoise(noise.seed)
+
+    def _render_once(self, job: Job, *, noise: NoiseSource, progress: ProgressFn | None = None,
+                     should_cancel: CancelFn | None = None) -> tuple[np.ndarray, dict[str, float]]:
         c = self.c
         if c.text is None:
             raise RuntimeError("this generator has no text encoder loaded")
@@ -210,8 +281,9 @@ class PyramidFlowGenerator:
 
             stream = None
             on_unit = None
-            if self.settings.stream_decode and self.placement.placement is Placement.GPU:
-                stream = StreamingFrameDecoder(c.vae, self.norm, tiling=self.settings.vae_tiling, dtype=c.dtype)
+            if self.stream_decode:
+                stream = StreamingFrameDecoder(c.vae, self.norm, tiling=self.settings.vae_tiling, dtype=c.dtype,
+                                               tile_size=self.decode_tile)
                 if image_latent is not None:
                     stream.push(image_latent)
 
@@ -220,10 +292,10 @@ class PyramidFlowGenerator:
 
             with self.placement.use(c.dit):
                 if image_latent is None:
-                    latents = sample_t2v(c.dit, text, init, options=job.options, noise=noise, schedule=self.schedule,
+                    latents = sample_t2v(self.dit, text, init, options=job.options, noise=noise, schedule=self.schedule,
                                          progress=report, should_cancel=cancel, on_unit=on_unit)
                 else:
-                    latents = sample_i2v(c.dit, text, image_latent, init, options=job.options, noise=noise,
+                    latents = sample_i2v(self.dit, text, image_latent, init, options=job.options, noise=noise,
                                          schedule=self.schedule, progress=report, should_cancel=cancel,
                                          on_unit=on_unit)
             t_sample = time.perf_counter()
@@ -237,7 +309,7 @@ class PyramidFlowGenerator:
             else:
                 with self.placement.use(c.vae):
                     frames = decode_to_frames(c.vae, latents, self.norm, tiling=self.settings.vae_tiling,
-                                              dtype=c.dtype)
+                                              dtype=c.dtype, tile_size=self.decode_tile)
         t_decode = time.perf_counter()
         return frames, {"text_s": t_text - t0, "sample_s": t_sample - t_text, "decode_s": t_decode - t_sample}
 

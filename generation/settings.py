@@ -10,7 +10,7 @@ from pydantic import BaseModel, ConfigDict, Field
 ModelName = Literal["pyramid_flux", "pyramid_mmdit"]
 Variant = Literal["384p", "768p"]
 DType = Literal["auto", "bf16", "fp32", "fp16"]
-PlacementName = Literal["gpu", "model_offload", "sequential_offload"]
+PlacementName = Literal["auto", "gpu", "text_offload", "model_offload", "sequential_offload"]
 AttentionBackend = Literal["prefix", "dense"]
 
 
@@ -24,9 +24,14 @@ class GenerationSettings(BaseModel):
     variant: Variant = "384p"
     dtype: DType = "auto"  # auto: bf16 on CUDA, fp32 on CPU
     device: str = "auto"  # auto: cuda when available, else cpu
-    placement: PlacementName = "gpu"
+    # auto: the memory planner picks the fastest placement that fits the free GPU memory (or memory_cap_gib)
+    placement: PlacementName = "auto"
+    memory_cap_gib: float | None = Field(default=None, gt=0)  # plan under (and cap the allocator to) this
+    cuda_graphs: bool = True  # replay DiT forwards from CUDA graphs when the DiT stays resident on a GPU
     vae_tiling: bool = True  # tiled VAE decode/encode (256 px tiles), as the reference's save_memory mode
-    stream_decode: bool = False  # decode each finished latent frame while later frames are generated
+    # decode each finished latent frame while later frames are generated; None: on when the VAE stays
+    # resident on a GPU
+    stream_decode: bool | None = None
     attention_backend: AttentionBackend = "prefix"  # exact per-time-group attention, or the dense mask
     bit_faithful_bf16: bool = True  # round latents/timesteps to the model dtype like the reference
 

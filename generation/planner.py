@@ -1,0 +1,173 @@
+"""Memory planner: the fastest placement of the models that fits the GPU's memory (or a configured cap).
+
+Candidates, fastest first (SPEC §8 lists the reference's equivalents):
+
+1. ``gpu``: everything resident, streamed VAE decode overlapped with sampling.
+2. ``text_offload``: DiT + VAE resident; the text encoders come in only to encode and leave again, so the
+   T5 (≈9.5 GB in bf16) is not resident while the DiT samples and the VAE decodes.
+3. ``model_offload``: one component on the GPU at a time (text → DiT → VAE); decode after sampling.
+4. ``sequential_offload``: the DiT keeps as many blocks resident as fit and streams the rest from pinned
+   host memory at every forward; text encoders are streamed block by block.
+
+The plan is a pure function of byte counts, so it is tested on the CPU. Model bytes come from the loaded
+modules; working sets (activations of one DiT forward at the largest layout, the VAE decoder's working set)
+come from `working_set`, which is based on H200 measurements (benchmarks/RESULTS.md) with a margin. The
+generator falls back to the next candidate if a run still runs out of memory (`fallback`).
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+
+import torch
+from torch import nn
+
+from generation.memory import Placement, _streamable_blocks
+
+log = logging.getLogger(__name__)
+
+GiB = 2**30
+RESERVE_BYTES = int(0.5 * GiB)  # CUDA context, cuBLAS/cuDNN workspaces, fragmentation
+
+# Decoder working set (bytes beyond the VAE weights) of the tiled, temporally chunked decode (256 px tiles,
+# one latent frame at a time, as the streaming decoder runs it), per variant. 384p: measured on an H200
+# as peak − weights of the all-on-GPU streamed run (9.27 − 4.30 GiB, so it also holds the DiT's working
+# set: an upper bound). 768p: the H100 measurement of the same decode mode (17.0 GiB peak − 0.62 GiB).
+DECODE_WORKING_SET = {"384p": int(5.0 * GiB), "768p": int(16.4 * GiB)}
+# DiT working set per token of the largest forward (CFG batch 2, bf16): activations of one block with
+# its MLP, attention outputs, the residual stream and the final projection, with a 2x margin.
+DIT_BYTES_PER_TOKEN = {"pyramid_flux": 160 * 1920, "pyramid_mmdit": 160 * 1536}
+
+
+def _bytes(module: nn.Module) -> int:
+    return sum(t.numel() * t.element_size() for t in list(module.parameters()) + list(module.buffers()))
+
+
+@dataclass(frozen=True)
+class Footprint:
+    """Bytes of each component as loaded (in the run dtype)."""
+
+    dit: int
+    dit_blocks: tuple[int, ...]  # bytes of each streamable DiT block, in order
+    text: int
+    text_largest_block: int  # the largest block any text model streams (sequential offload)
+    vae: int
+
+    @classmethod
+    def of(cls, dit: nn.Module, text_models: list[nn.Module], vae: nn.Module) -> Footprint:
+        blocks = tuple(_bytes(b) for b in _streamable_blocks(dit))
+        text_blocks = [_bytes(b) for m in text_models for b in _streamable_blocks(m)]
+        return cls(dit=_bytes(dit), dit_blocks=blocks, text=sum(_bytes(m) for m in text_models),
+                   text_largest_block=max(text_blocks, default=0), vae=_bytes(vae))  # fmt: skip
+
+    @property
+    def dit_rest(self) -> int:
+        """DiT bytes outside the streamable blocks (embeddings, norms, projections): always resident."""
+        return self.dit - sum(self.dit_blocks)
+
+
+@dataclass(frozen=True)
+class WorkingSet:
+    sampling: int  # one DiT forward at the largest layout
+    decode: int  # the VAE decoder
+
+
+# Tokens of the largest DiT forward (last unit, last stage, text included) as a line through the sequence
+# lengths of SPEC §11 (384p unit 15: 3,068; 768p unit 15: 11,888; 768p unit 30: 15,488).
+_TOKENS_LINE = {"384p": (2168, 60), "768p": (8288, 240)}
+
+
+def largest_tokens(variant: str, temp: int) -> int:
+    base, per_unit = _TOKENS_LINE.get(variant, _TOKENS_LINE["768p"])
+    return base + per_unit * max(0, temp - 1)
+
+
+def with_small_tiles(ws: WorkingSet) -> WorkingSet:
+    """128 px decode tiles: a quarter of the tile area, so about a quarter of the decoder's working set."""
+    return WorkingSet(sampling=ws.sampling, decode=ws.decode // 4)
+
+
+def working_set(model_name: str, variant: str, temp: int) -> WorkingSet:
+    per_token = DIT_BYTES_PER_TOKEN.get(model_name, DIT_BYTES_PER_TOKEN["pyramid_flux"])
+    return WorkingSet(sampling=largest_tokens(variant, temp) * per_token * 2,
+                      decode=DECODE_WORKING_SET.get(variant, DECODE_WORKING_SET["768p"]))  # fmt: skip
+
+
+@dataclass(frozen=True)
+class PlacementPlan:
+    placement: Placement
+    resident_blocks: int = 0  # sequential offload: DiT blocks that stay on the GPU
+    stream_decode: bool = True  # decode units while later ones sample (only when the VAE stays resident)
+    decode_tile: int = 256  # VAE decode tile (px); 128 when the 256 px working set does not fit
+    budget: int = 0
+    need: int = 0  # estimated peak of this plan
+    reason: str = ""
+    fits: bool = True
+    rejected: tuple[str, ...] = field(default_factory=tuple)  # why faster candidates were not chosen
+
+    def describe(self) -> str:
+        extra = f", {self.resident_blocks} DiT blocks resident" if self.placement is Placement.SEQUENTIAL_OFFLOAD else ""
+        return (f"{self.placement.value}{extra} (need ≈{self.need / GiB:.1f} GiB of {self.budget / GiB:.1f} GiB"
+                f"{'' if self.fits else ', DOES NOT FIT'}): {self.reason}")
+
+
+ORDER = (Placement.GPU, Placement.TEXT_OFFLOAD, Placement.MODEL_OFFLOAD, Placement.SEQUENTIAL_OFFLOAD)
+
+
+def plan_placement(fp: Footprint, ws: WorkingSet, budget: int, *, start: Placement = Placement.GPU) -> PlacementPlan:
+    """The first candidate (from `start` on, in ORDER) whose estimated peak fits in `budget` bytes."""
+    rejected: list[str] = []
+    for candidate in ORDER[ORDER.index(start):]:
+        if candidate is Placement.GPU:
+            need = fp.text + fp.dit + fp.vae + ws.sampling + ws.decode
+            if need <= budget:
+                return PlacementPlan(candidate, budget=budget, need=need, reason="everything resident",
+                                     rejected=tuple(rejected))  # fmt: skip
+        elif candidate is Placement.TEXT_OFFLOAD:
+            need = max(fp.dit + fp.vae + fp.text, fp.dit + fp.vae + ws.sampling + ws.decode)
+            if need <= budget:
+                return PlacementPlan(candidate, budget=budget, need=need,
+                                     reason="text encoders on the GPU only while encoding", rejected=tuple(rejected))
+        elif candidate is Placement.MODEL_OFFLOAD:
+            need = max(fp.text, fp.dit + ws.sampling, fp.vae + ws.decode)
+            if need <= budget:
+                return PlacementPlan(candidate, stream_decode=False, budget=budget, need=need,
+                                     reason="one component on the GPU at a time", rejected=tuple(rejected))
+        else:
+            fixed = fp.dit_rest + ws.sampling + 2 * max(fp.dit_blocks, default=0)  # 2: one in use, one arriving
+            room = budget - fixed
+            keep = 0
+            for b in fp.dit_blocks:
+                if room - b < 0:
+                    break
+                room -= b
+                keep += 1
+            dit_need = fixed + sum(fp.dit_blocks[:keep])
+            tile = 256
+            if fp.vae + ws.decode > budget:
+                tile, ws = 128, with_small_tiles(ws)
+            need = max(dit_need, fp.vae + ws.decode, fp.text_largest_block + int(0.5 * GiB))
+            return PlacementPlan(candidate, resident_blocks=keep, stream_decode=False, decode_tile=tile,
+                                 budget=budget, need=need,
+                                 reason=f"streams {len(fp.dit_blocks) - keep} of {len(fp.dit_blocks)} DiT blocks "
+                                        f"from pinned host memory at every step, {tile} px decode tiles",
+                                 fits=need <= budget, rejected=tuple(rejected))  # fmt: skip
+        rejected.append(f"{candidate.value}: needs ≈{need / GiB:.1f} GiB")
+    raise AssertionError("unreachable: sequential offload always returns a plan")
+
+
+def fallback(plan: PlacementPlan) -> Placement | None:
+    """The next slower candidate after an out-of-memory error (None: nothing slower is left)."""
+    i = ORDER.index(plan.placement)
+    return ORDER[i + 1] if i + 1 < len(ORDER) else None
+
+
+def gpu_budget(device: torch.device, cap_gib: float | None) -> int:
+    """Bytes the planner may use on `device`: the configured cap, else the free memory, minus a reserve."""
+    if cap_gib is not None:
+        return int(cap_gib * GiB) - RESERVE_BYTES
+    if device.type != "cuda":
+        return 1 << 62  # no limit worth planning for on the CPU
+    free, _total = torch.cuda.mem_get_info(device)
+    return int(free) - RESERVE_BYTES

@@ -1,0 +1,125 @@
+"""Memory planner: the fastest placement that fits, on card sizes our users have; OOM falls back."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from generation.api import GenerationRequest
+from generation.memory import Placement
+from generation.pipeline import PyramidFlowGenerator, build_components
+from generation.planner import (
+    Footprint,
+    GiB,
+    WorkingSet,
+    fallback,
+    gpu_budget,
+    largest_tokens,
+    plan_placement,
+    working_set,
+)
+from generation.sampling.noise import GeneratorNoise
+from generation.settings import GenerationSettings
+
+# miniflux in bf16 (SPEC §1.2): DiT 1.97 B params = 3.94 GB in 8 double (265.5 MB) + 16 single (110.6 MB)
+# blocks; T5-XXL + CLIP-L 9.75 GB; VAE 0.67 GB.
+DOUBLE, SINGLE = 265_536_512, 110_634_496
+MINIFLUX = Footprint(dit=3_944_118_400, dit_blocks=(DOUBLE,) * 8 + (SINGLE,) * 16, text=9_750_000_000,
+                     text_largest_block=201_000_000, vae=670_804_134)  # fmt: skip
+WS_384 = working_set("pyramid_flux", "384p", 16)
+WS_768 = working_set("pyramid_flux", "768p", 31)
+
+
+def test_token_line_goes_through_the_spec_sequence_lengths() -> None:
+    assert largest_tokens("384p", 16) == 3068
+    assert largest_tokens("768p", 16) == 11888
+    assert largest_tokens("768p", 31) == 15488
+
+
+@pytest.mark.parametrize(
+    ("gib", "ws", "expected"),
+    [
+        (80, WS_384, Placement.GPU),  # H100/H200
+        (24, WS_384, Placement.GPU),  # RTX 3090/4090: ≈20 GiB at 384p
+        (16, WS_384, Placement.TEXT_OFFLOAD),  # T5 only while encoding
+        (12, WS_384, Placement.MODEL_OFFLOAD),  # T5 9.1 GiB + DiT 3.7 GiB do not fit side by side
+        (8, WS_384, Placement.SEQUENTIAL_OFFLOAD),  # T5 alone exceeds the card: streamed
+        (24, WS_768, Placement.MODEL_OFFLOAD),  # the 768p decode needs the card to itself
+    ],
+)
+def test_plan_by_card_size(gib: float, ws: WorkingSet, expected: Placement) -> None:
+    budget = int(gib * GiB)
+    plan = plan_placement(MINIFLUX, ws, budget)
+    assert plan.placement is expected, plan.describe()
+    assert plan.fits and plan.need <= budget
+    # every faster candidate really needed more than the budget
+    order = [Placement.GPU, Placement.TEXT_OFFLOAD, Placement.MODEL_OFFLOAD, Placement.SEQUENTIAL_OFFLOAD]
+    assert len(plan.rejected) == order.index(expected)
+
+
+def test_sequential_keeps_as_many_blocks_resident_as_fit() -> None:
+    small = plan_placement(MINIFLUX, WS_384, int(4.5 * GiB))
+    assert small.placement is Placement.SEQUENTIAL_OFFLOAD and small.fits, small.describe()
+    assert 0 < small.resident_blocks < 24
+    assert small.decode_tile == 128  # the 256 px decode working set does not fit beside nothing in 4.5 GiB
+    bigger = plan_placement(MINIFLUX, WS_384, int(6 * GiB), start=Placement.SEQUENTIAL_OFFLOAD)
+    assert bigger.resident_blocks > small.resident_blocks
+    tiny = plan_placement(MINIFLUX, WS_384, int(1 * GiB))
+    assert tiny.placement is Placement.SEQUENTIAL_OFFLOAD and not tiny.fits and tiny.resident_blocks == 0
+    assert "DOES NOT FIT" in tiny.describe()
+
+
+def test_fallback_order_and_budget() -> None:
+    plan = plan_placement(MINIFLUX, WS_384, 80 * GiB)
+    seen = [plan.placement]
+    while (nxt := fallback(plan)) is not None:
+        plan = plan_placement(MINIFLUX, WS_384, 80 * GiB, start=nxt)
+        seen.append(plan.placement)
+    assert seen == [Placement.GPU, Placement.TEXT_OFFLOAD, Placement.MODEL_OFFLOAD, Placement.SEQUENTIAL_OFFLOAD]
+    assert gpu_budget(torch.device("cpu"), 8.0) == 8 * GiB - int(0.5 * GiB)
+    assert gpu_budget(torch.device("cpu"), None) > 1000 * GiB
+
+
+def test_footprint_of_the_tiny_model_counts_every_byte() -> None:
+    comps = build_components(GenerationSettings(placement="gpu"))
+    fp = Footprint.of(comps.dit, comps.text.encoder.modules(), comps.vae)  # type: ignore[union-attr]
+    params = sum(p.numel() * p.element_size() for p in comps.dit.parameters())
+    assert fp.dit >= params > 0 and fp.dit_rest >= 0 and len(fp.dit_blocks) > 0
+    assert fp.text > 0 and fp.vae > 0
+
+
+def test_auto_on_cpu_keeps_everything_on_the_device_and_no_graphs() -> None:
+    s = GenerationSettings()
+    gen = PyramidFlowGenerator(build_components(s), s)
+    assert gen.plan is not None and gen.plan.placement is Placement.GPU
+    assert gen.dit is gen.c.dit and gen.stream_decode is False  # graphs and streaming are for CUDA only
+
+
+def test_out_of_memory_falls_back_and_gives_the_same_video(monkeypatch: pytest.MonkeyPatch) -> None:
+    req = GenerationRequest(prompt="a cat", temp=2, num_inference_steps=(2, 1, 1), video_num_inference_steps=(1, 1, 1))
+    plain_s = GenerationSettings(placement="gpu")
+    plain = PyramidFlowGenerator(build_components(plain_s), plain_s)
+    expected, _ = plain.render(plain.validate(req), noise=GeneratorNoise(5))
+
+    s = GenerationSettings()
+    gen = PyramidFlowGenerator(build_components(s), s)
+    real = gen.c.dit.forward
+    calls = {"n": 0}
+
+    def flaky(*args, **kwargs):
+        calls["n"] += 1
+        if calls["n"] == 3:  # mid-sampling, after some noise was drawn
+            raise torch.cuda.OutOfMemoryError("CUDA out of memory (simulated)")
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(gen.c.dit, "forward", flaky)
+    frames, _ = gen.render(gen.validate(req), noise=GeneratorNoise(5))
+    assert gen.placement.placement is Placement.TEXT_OFFLOAD and gen.plan is not None
+    assert np.array_equal(frames, expected)  # restarted with the same noise
+
+
+def test_out_of_memory_without_a_plan_is_raised() -> None:
+    s = GenerationSettings(placement="gpu")
+    gen = PyramidFlowGenerator(build_components(s), s)
+    assert gen.plan is None and gen._fall_back() is False
