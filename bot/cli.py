@@ -3,6 +3,7 @@
   xiaoai demo       the scripted Quickstart: the whole bot on the local channel, one text-to-video
                     and one image-to-video request, prints the chat and the MP4 paths, exits 0
   xiaoai run        serve WeChat through the wechaty puppet service
+  xiaoai playground the bot in a local web page (a simulated group chat) + the admin dashboard
   xiaoai generate   one video from the command line (generation.cli)
   xiaoai config     validate the configuration and print it (secrets are never printed)
 """
@@ -194,6 +195,23 @@ def cmd_run(args: argparse.Namespace) -> int:
     return asyncio.run(_serve(_load(args)))
 
 
+# ------------------------------------------------------------------------------------ playground
+def cmd_playground(args: argparse.Namespace) -> int:
+    from bot.app import build_pipeline
+    from bot.web.runner import PlaygroundError, playground_settings, run_playground
+
+    run_dir = Path(args.dir).resolve() if args.dir else Path("var/playground").resolve()
+    run_dir.mkdir(parents=True, exist_ok=True)
+    settings = playground_settings(_load(args), run_dir, synthetic=args.synthetic, host=args.host, port=args.port)
+    try:
+        return asyncio.run(run_playground(settings, pipeline=build_pipeline(settings)))
+    except PlaygroundError as err:
+        print(str(err), file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 0
+
+
 # ------------------------------------------------------------------------------------ config
 def cmd_config(args: argparse.Namespace) -> int:
     import yaml
@@ -221,6 +239,17 @@ def build_parser() -> argparse.ArgumentParser:
 
     run = sub.add_parser("run", help="serve WeChat through the wechaty puppet service")
     run.set_defaults(func=cmd_run)
+
+    play = sub.add_parser("playground", help="the bot in a local web page (simulated group chat) + admin dashboard")
+    play.add_argument("--host", help="address to listen on (default: playground.host, 127.0.0.1)")
+    play.add_argument("--port", type=int, help="port (default: playground.port, 8765; 0 = any free port)")
+    play.add_argument("--dir", help="data directory: SQLite file, videos, images (default: var/playground)")
+    play.add_argument(
+        "--synthetic",
+        action="store_true",
+        help="use the synthetic test generator instead of our Pyramid Flow (tiny random weights)",
+    )
+    play.set_defaults(func=cmd_playground)
 
     cfg = sub.add_parser("config", help="validate and print the configuration")
     cfg.set_defaults(func=cmd_config)

@@ -25,6 +25,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 from bot.channels.wechaty_settings import WechatySettings
 from bot.prompts.settings import PromptSettings
 from bot.store.settings import QuotaSettings, StorageSettings
+from bot.web.settings import PlaygroundSettings
 from generation.executors.settings import ExecutorSettings
 from generation.jobs.settings import QueueSettings, WorkerSettings
 from generation.settings import GenerationSettings
@@ -97,6 +98,7 @@ class Settings(BaseModel):
     wechaty: WechatySettings = Field(default_factory=WechatySettings)
     prompts: PromptSettings = Field(default_factory=PromptSettings)
     executor: ExecutorSettings = Field(default_factory=ExecutorSettings)
+    playground: PlaygroundSettings = Field(default_factory=PlaygroundSettings)
 
     def supported_resolutions(self) -> list[str]:
         """Resolutions users may ask for: `video.resolutions` limited to what the configured model
