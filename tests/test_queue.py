@@ -179,6 +179,25 @@ def test_cancel_queued_refunds_now_and_running_stops_later(tmp_path: Path) -> No
     assert s.quota.balance("u1") == 100
 
 
+def test_cancel_by_id_any_pending_job_once(tmp_path: Path) -> None:
+    s = make_store(tmp_path / "q.db")
+    first = s.queue.submit(spec("u1")).job
+    s.clock.tick()
+    second = s.queue.submit(spec("u1")).job
+    assert s.queue.claim("w", 30).id == first.id
+    assert s.queue.cancel(999) is None
+    running = s.queue.cancel(first.id)  # not the latest: by id it can still be cancelled
+    assert running.state is JobState.RUNNING and running.cancel_requested
+    assert s.queue.cancel(first.id) is None  # already stopping
+    queued = s.queue.cancel(second.id)
+    assert queued.state is JobState.CANCELLED and queued.notified
+    assert s.queue.cancel(second.id) is None  # over
+    assert [j for k, _, j in ledger(s, "u1") if k == "refund"] == [second.id]  # the running one refunds on stop
+    assert s.queue.finish_cancelled(first.id, "w") is True
+    assert sorted(j for k, _, j in ledger(s, "u1") if k == "refund") == sorted([first.id, second.id])
+    assert s.quota.balance("u1") == 100
+
+
 def test_recover_expired_requeues_then_fails_with_one_refund(tmp_path: Path) -> None:
     clock = Clock()
     s = make_store(tmp_path / "q.db", clock, queue=QueueSettings(max_attempts=2))

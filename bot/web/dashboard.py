@@ -8,9 +8,9 @@ sends one, a same-origin `Origin` header.
 
 Admin actions use the very calls the chat admin commands make (`plugins.quota`, `plugins.video`):
 `QuotaBook.set_balance / add / reset_user / ban / unban` (each writes its ledger row and audit row),
-`Permissions.is_admin` for "admins cannot be banned", and `JobQueue.cancel_latest` for cancelling (the
-chat `/取消` path; it cancels the user's latest pending job in that chat, so the dashboard offers it
-for exactly that job). The actor recorded in the audit is `DASHBOARD_ACTOR`.
+`Permissions.is_admin` for "admins cannot be banned", and `JobQueue.cancel` for cancelling (the same
+state change and refund as the chat's `/取消`, for any pending job by id; the audit row is written in the
+same transaction). The actor recorded in the audit is `DASHBOARD_ACTOR`.
 
   GET  /dashboard                      the page (static HTML/JS, inline-SVG chart)
   POST /dashboard/login                form field `token`
@@ -117,15 +117,8 @@ def _job_json(job: Job, deps: Any, *, place: bool = False) -> dict[str, Any]:
 
 
 def cancellable_job_ids(deps: Any, jobs: list[Job]) -> set[int]:
-    """The jobs `/取消` would cancel: per (user, chat), the latest pending one not already stopping."""
-    latest: dict[tuple[str, str], Job] = {}
-    for job in jobs:
-        if job.state in PENDING_STATES and not job.cancel_requested:
-            key = (job.user_id, job.chat_id)
-            have = latest.get(key)
-            if have is None or (job.created_at, job.id) > (have.created_at, have.id):
-                latest[key] = job
-    return {j.id for j in latest.values()}
+    """The jobs an admin can cancel: every pending one not already stopping (`JobQueue.cancel`)."""
+    return {job.id for job in jobs if job.state in PENDING_STATES and not job.cancel_requested}
 
 
 def _users(deps: Any) -> list[dict[str, Any]]:
@@ -413,10 +406,6 @@ async def api_ban(request: Request) -> Response:
     return JSONResponse({"ok": True, "user_id": target, "banned": banned, "message": text})
 
 
-class _Changed(Exception):
-    pass
-
-
 async def api_cancel(request: Request) -> Response:
     if (refused := _guard(request)) is not None:
         return refused
@@ -433,18 +422,13 @@ async def api_cancel(request: Request) -> Response:
     if not job.is_pending or job.cancel_requested:
         return _bad(f"任务 #{job_id} 已经结束或正在停止。", 409)
     reason = str(body.get("reason") or "")[:200]
-    try:
-        with transaction(deps.queue.db):
-            # the chat's /取消 path: the user's latest pending job in that chat (same refund, same states)
-            if job_id not in cancellable_job_ids(deps, deps.queue.jobs_of(job.user_id, PENDING_STATES)):
-                raise _Changed
-            done = deps.queue.cancel_latest(job.user_id, job.chat_id)
-            if done is None or done.id != job_id:
-                raise _Changed
+    with transaction(deps.queue.db):  # the cancel and its audit row land together
+        done = deps.queue.cancel(job_id)
+        if done is not None:
             deps.quota._audit(DASHBOARD_ACTOR, "cancel", job.user_id,
                               {"job_id": job_id, "was": str(job.state), "reason": reason})
-    except _Changed:
-        return _bad(f"只能取消该用户在这个聊天里最近的任务（与 /取消 相同），任务 #{job_id} 不是。", 409)
+    if done is None:
+        return _bad(f"任务 #{job_id} 已经结束或正在停止。", 409)
     if done.state is JobState.CANCELLED:  # was queued: refunded now; the chat hears it from us
         text = f"管理员取消了您的任务 #{job_id}，额度已退还（{job.cost} 点）。"
         mentions = (job.user_id,) if job.chat_kind == "group" else ()

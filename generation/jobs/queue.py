@@ -378,15 +378,34 @@ class JobQueue:
             if not rows:
                 return None
             job = Job.from_row(rows[0])
-            if job.state is JobState.QUEUED:
-                self._update(job.id, [JobState.QUEUED], state=str(JobState.CANCELLED), finished_at=self.clock(),
-                             notified=1, cancel_requested=1)
-                self._refund(job, "cancelled")
-            else:
-                self._update(job.id, [JobState.RUNNING], cancel_requested=1)
+            self._cancel_pending(job)
         log.info("cancel job=%s user=%s was=%s", job.id, user_id, job.state,
                  extra={"job_id": job.id, "user_id": user_id})
         return self._require(job.id)
+
+    def cancel(self, job_id: int) -> Job | None:
+        """Cancel one pending job by id (admin tools), with the same effects as `cancel_latest`. None when
+        the job does not exist, is already over or is already stopping."""
+        with transaction(self.db):
+            rows = list(self.db.query(
+                "SELECT * FROM jobs WHERE id = ? AND state IN ('queued', 'running') AND cancel_requested = 0",
+                [job_id]))
+            if not rows:
+                return None
+            job = Job.from_row(rows[0])
+            self._cancel_pending(job)
+        log.info("cancel job=%s user=%s was=%s (by id)", job.id, job.user_id, job.state,
+                 extra={"job_id": job.id, "user_id": job.user_id})
+        return self._require(job.id)
+
+    def _cancel_pending(self, job: Job) -> None:
+        """Inside a transaction: queued → cancelled + refunded now; running → cancel requested."""
+        if job.state is JobState.QUEUED:
+            self._update(job.id, [JobState.QUEUED], state=str(JobState.CANCELLED), finished_at=self.clock(),
+                         notified=1, cancel_requested=1)
+            self._refund(job, "cancelled")
+        else:
+            self._update(job.id, [JobState.RUNNING], cancel_requested=1)
 
     def jobs_of(self, user_id: str, states: Iterable[JobState | str] | None = None) -> list[Job]:
         if states is None:

@@ -24,7 +24,7 @@ async function post(path, body) {
 }
 
 function cancelButton(job) {
-  if (!job.cancellable) return el("span", { class: "muted", title: "与 /取消 相同：只能取消该用户最近的任务" }, "");
+  if (!job.cancellable) return el("span", { class: "muted", title: "已经在停止" }, "");
   return el("button", {
     type: "button", class: "danger small", "data-cancel": job.id,
     onclick: async () => {
