@@ -60,10 +60,15 @@ def model_label(spec: ActorSpec, generator: VideoGenerator, generation: Generati
 
 
 class GenerationActor:
-    def __init__(self, name: str, spec: ActorSpec, worker: WorkerSettings,
-                 generation: GenerationSettings | None) -> None:
+    def __init__(self, name: str, spec: ActorSpec | dict[str, Any], worker: WorkerSettings | dict[str, Any],
+                 generation: GenerationSettings | dict[str, Any] | None) -> None:
         logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s [actor %(process)d] %(message)s")
         started = time.monotonic()
+        # The settings arrive as plain dicts and are validated here, against this host's code: a field added
+        # on one side gets its default instead of breaking the unpickled object.
+        spec = ActorSpec.model_validate(spec)
+        worker = WorkerSettings.model_validate(worker)
+        generation = None if generation is None else GenerationSettings.model_validate(generation)
         self.name = name
         self.generator = build_actor_generator(spec, worker, generation)
         self.model = model_label(spec, self.generator, generation)
@@ -127,6 +132,7 @@ class GenerationActor:
                 with self._lock:
                     return job_id in self._cancel
 
+            began = time.monotonic()
             try:
                 result = self.generator.generate(request, work / "out", progress=progress,
                                                  should_cancel=should_cancel)
@@ -143,7 +149,8 @@ class GenerationActor:
             cover = result.cover_path.read_bytes() if result.cover_path is not None else None
             return {"status": "ok", "video": result.video_path.read_bytes(), "cover": cover,
                     "seconds": float(result.seconds), "label": result.label, "frames": result.frames,
-                    "width": result.width, "height": result.height, "actor": self.name}
+                    "width": result.width, "height": result.height, "actor": self.name,
+                    "run_s": time.monotonic() - began}
         finally:
             with self._lock:
                 self._job_id = None

@@ -13,6 +13,9 @@ Three parts:
   as the local worker (restarted with backoff if it dies). It waits for an unreachable cluster, and when
   the cluster is lost it hands the running jobs back to the queue (no attempt used) and exits to start over.
 * `RayExecutor`: the bot-side handle: starts/stops that process and reads the pool status it publishes.
+  If the dispatcher process itself dies, its supervisor hands its jobs back at once (leases are held as
+  `<process id>/<actor>#<n>`): as a failed attempt while the cluster answers, without using one when it
+  went down with the cluster.
 
 Faults: a dead actor (killed, OOM, lost node) fails its job as retryable, so another actor takes it if
 attempts are left (the queue refunds otherwise; the charge is never repeated); the slot is re-created with
@@ -21,8 +24,10 @@ backoff, and Ray starts it as soon as a node with the resources is there again.
 
 from __future__ import annotations
 
+import importlib.util
 import logging
 import os
+import re
 import socket
 import threading
 import time
@@ -31,6 +36,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from bot.store.db import db_lock
 from generation.executors.base import PoolView, pool_notice
 from generation.executors.ray_actor import GenerationActor
 from generation.executors.settings import ActorSpec, ExecutorSettings
@@ -69,6 +75,25 @@ def tcp_reachable(address: str, timeout_s: float) -> bool:
             return True
     except (OSError, ValueError):
         return False
+
+
+_ANSI = re.compile(r"\x1b\[[0-9;]*m")
+_EXC_LINE = re.compile(r"^[A-Za-z_][\w.]*(Error|Exception|Exit|Interrupt)\b.*")
+
+
+def short_error(exc: BaseException | str) -> str:
+    """One line for /pool: the root cause at the end of a Ray traceback (e.g. `CheckpointError: checkpoint
+    folder missing: /models/x`) rather than Ray's generic header."""
+    text = _ANSI.sub("", str(exc))
+    lines = [line.strip() for line in text.splitlines() if line.strip()]
+    if not lines:
+        return type(exc).__name__
+    causes = [line for line in lines[1:] if _EXC_LINE.match(line)]
+    line = causes[-1] if causes else lines[0]
+    name, sep, rest = line.partition(": ")
+    if sep and "." in name:  # generation.loading.CheckpointError -> CheckpointError
+        line = f"{name.rsplit('.', 1)[-1]}: {rest}"
+    return line[:200]
 
 
 def _is_oom(exc: BaseException) -> bool:
@@ -181,19 +206,17 @@ class RayDispatcher:
         if spec.accelerator_type:
             options["accelerator_type"] = spec.accelerator_type
         slot.incarnation += 1
-        slot.handle = self._actor_cls.options(**options).remote(slot.name, spec, self.worker, self.generation)
+        generation = None if self.generation is None else self.generation.model_dump(mode="json")
+        slot.handle = self._actor_cls.options(**options).remote(
+            slot.name, spec.model_dump(mode="json"), self.worker.model_dump(mode="json"), generation)
         slot.ready_ref = slot.handle.describe.remote()
         slot.state, slot.info, slot.serves = "starting", {}, []
         log.info("actor %s (incarnation %d) requested: %s", slot.name, slot.incarnation, options,
                  extra={"worker_id": slot.worker_id})
 
     def _actor_failed(self, slot: Slot, exc: BaseException | str, now: float) -> None:
-        slot.error = str(exc).splitlines()[0][:200] if str(exc) else type(exc).__name__
-        if slot.handle is not None:
-            try:
-                self.ray.kill(slot.handle, no_restart=True)
-            except Exception:
-                pass
+        slot.error = short_error(exc)
+        handle = slot.handle
         slot.handle = slot.ready_ref = slot.ping_ref = slot.status_ref = None
         slot.state = "dead"
         slot.failures += 1
@@ -201,8 +224,13 @@ class RayDispatcher:
         slot.retry_at = now + delay
         log.error("actor %s failed (%s); re-created in %.1fs", slot.name, slot.error, delay,
                   extra={"worker_id": slot.worker_id})
-        if not self.cluster_alive():
+        if not self.cluster_alive():  # checked first: no Ray call may wait on a dead GCS
             raise ClusterLost(f"actor {slot.name} failed and the cluster does not answer")
+        if handle is not None:  # a silent (hung) actor must give its GPU back before it is re-created
+            try:
+                self.ray.kill(handle, no_restart=True)
+            except Exception:
+                pass
 
     def _serves(self, info: dict[str, Any]) -> list[str]:
         model = info.get("model")
@@ -333,10 +361,11 @@ class RayDispatcher:
             video, cover = self._write_output(job.id, result["video"], result.get("cover"))
             self.queue.complete(job.id, wid, str(video), None if cover is None else str(cover),
                                 float(result["seconds"]), str(result.get("label", "")))
+            run_s = float(result.get("run_s", result["seconds"]))  # generation wall time inside the actor
             slot.jobs_done += 1
-            slot.busy_s += float(result["seconds"])
-            log.info("job %s done on %s in %.1fs (%d bytes)", job.id, slot.name, result["seconds"],
-                     len(result["video"]), extra=ids)
+            slot.busy_s += run_s
+            log.info("job %s done on %s in %.1fs (%d bytes)", job.id, slot.name, run_s, len(result["video"]),
+                     extra=ids)
         elif status == "cancelled":
             if slot.lease_lost:
                 log.warning("job %s abandoned: lease lost", job.id, extra=ids)
@@ -449,8 +478,10 @@ def connect_ray(ex: ExecutorSettings) -> None:
     if ex.node_ip_address:
         common["_node_ip_address"] = ex.node_ip_address
     if ex.address is None:
-        ray.init(num_cpus=ex.local_num_cpus, num_gpus=ex.local_num_gpus, resources=ex.local_resources or None,
-                 include_dashboard=False, **common)
+        # address="local": always a new instance owned by this process (never silently join a cluster that
+        # `ray start` left on this host, nor one named by RAY_ADDRESS)
+        ray.init(address="local", num_cpus=ex.local_num_cpus, num_gpus=ex.local_num_gpus,
+                 resources=ex.local_resources or None, include_dashboard=False, **common)
     else:
         ray.init(address=ex.address, **common)
 
@@ -464,7 +495,9 @@ def run_ray_dispatcher(settings: WorkerConfig, worker_id: str, stop: Any) -> Non
     queue = open_queue(settings)
     store = PoolStore(queue.db, time.time)
     where = ex.address or "本机"
-    store.set_cluster("ray", "connecting", MSG_CONNECTING, where)
+    previous = store.cluster()
+    if previous is None or previous.state not in ("lost", "unreachable"):  # keep telling users what is wrong
+        store.set_cluster("ray", "connecting", MSG_CONNECTING, where)
     while not stop.is_set():
         if ex.address is not None and not tcp_reachable(ex.address, ex.connect_timeout_s):
             _set_unreachable(store, ex, where, "address does not answer")
@@ -509,10 +542,55 @@ def _set_unreachable(store: PoolStore, ex: ExecutorSettings, where: str, why: st
     state: ClusterState = "lost" if previous is not None and previous.state == "lost" else "unreachable"
     message = (MSG_LOST if state == "lost" else MSG_UNREACHABLE).format(address=where)
     store.set_cluster("ray", state, message, where)
-    log.warning("Ray cluster %s unreachable (%s); retrying in %.0fs", where, why, ex.reconnect_s)
+    log.warning("Ray cluster %s unreachable (%s); retrying in %.1fs", where, why, ex.reconnect_s)
 
 
 # ====================================================================== bot side
+class _DispatcherQueue(JobQueue):
+    """The supervisor's queue: the dispatcher leases jobs as `<process id>/<actor>#<n>`, so when the dispatcher
+    process dies, `recover_expired(owner=<process id>)` must cover those owners too. When the cluster does not
+    answer at that moment (the driver died with its cluster), the jobs go back without using an attempt."""
+
+    def __init__(self, base: JobQueue, cluster_down: Callable[[], bool]) -> None:
+        super().__init__(base.db, base.quota, base.settings, base.clock)
+        self._cluster_down = cluster_down
+
+    def recover_expired(self, now: float | None = None, *, owner: str | None = None) -> list[Job]:
+        recovered = super().recover_expired(now, owner=owner)
+        if owner is None:
+            return recovered
+        down = self._cluster_down()  # also records a lost cluster for the notice when the driver died with it
+        prefix = f"{owner}/"
+        with db_lock(self.db):
+            rows = self.db.execute(
+                "SELECT id, lease_owner FROM jobs WHERE state = 'running' AND substr(lease_owner, 1, ?) = ?",
+                [len(prefix), prefix]).fetchall()
+        for job_id, actor_owner in rows:
+            if down:
+                if self.release(int(job_id), str(actor_owner)):
+                    log.warning("dispatcher %s died with the cluster: job %s back to the queue (no attempt used)",
+                                owner, job_id, extra={"job_id": job_id})
+                    job = self.get(int(job_id))
+                    if job is not None:
+                        recovered.append(job)
+            else:
+                recovered += super().recover_expired(now, owner=str(actor_owner))
+        return recovered
+
+
+class DispatcherSupervisor(WorkerSupervisor):
+    """`WorkerSupervisor` for the Ray dispatcher process (see `_DispatcherQueue`)."""
+
+    def __init__(self, settings: WorkerConfig, *, cluster_down: Callable[[], bool], **kwargs: Any) -> None:
+        super().__init__(settings, **kwargs)
+        self._cluster_down = cluster_down
+
+    def _monitor(self) -> None:
+        assert self._queue is not None
+        self._queue = _DispatcherQueue(self._queue, self._cluster_down)
+        super()._monitor()
+
+
 class RayExecutor:
     """The bot's handle on the Ray pool: the supervised dispatcher process and the pool status it publishes."""
 
@@ -520,11 +598,26 @@ class RayExecutor:
 
     def __init__(self, settings: WorkerConfig, *, clock: Callable[[], float] = time.time,
                  target: Callable[[Any, str, Any], None] = run_ray_dispatcher) -> None:
+        if importlib.util.find_spec("ray") is None:
+            raise RuntimeError("executor.kind is ray but Ray is not installed: pip install 'xiaoai-video[ray]' "
+                               "(未安装 Ray，请先安装 ray 可选依赖)")
         self.settings = settings
         self.clock = clock
-        self.supervisor = WorkerSupervisor(settings, worker_id="ray-dispatcher", clock=clock, target=target)
+        self.supervisor = DispatcherSupervisor(settings, worker_id="ray-dispatcher", clock=clock, target=target,
+                                               cluster_down=self._cluster_down)
         self._store: PoolStore | None = None
         self._lock = threading.Lock()
+
+    def _cluster_down(self) -> bool:
+        """Called when the dispatcher process died: is its cluster gone too? (Then say so to users.)"""
+        ex: ExecutorSettings = self.settings.executor  # type: ignore[attr-defined]
+        if ex.address is None or tcp_reachable(ex.address, ex.connect_timeout_s):
+            return False
+        try:
+            self._pool_store().set_cluster("ray", "lost", MSG_LOST.format(address=ex.address), ex.address)
+        except Exception:
+            log.exception("could not record the lost cluster")
+        return True
 
     def _pool_store(self) -> PoolStore:
         with self._lock:
@@ -537,7 +630,9 @@ class RayExecutor:
 
     def start(self) -> None:
         ex: ExecutorSettings = self.settings.executor  # type: ignore[attr-defined]
-        self._pool_store().set_cluster("ray", "connecting", MSG_CONNECTING, ex.address or "本机")
+        store = self._pool_store()
+        store.put_actors([])  # rows left by a previous run are not this pool
+        store.set_cluster("ray", "connecting", MSG_CONNECTING, ex.address or "本机")
         self.supervisor.start()
 
     def stop(self) -> None:
