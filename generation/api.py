@@ -54,7 +54,7 @@ class GenerationRequest:
 class GenerationResult:
     video_path: Path
     cover_path: Path | None
-    seconds: float
+    seconds: float  # wall time the generation took (the clip's length is frames / fps, extra['video_s'])
     frames: int
     width: int
     height: int

@@ -145,7 +145,8 @@ def run_generate(args: argparse.Namespace) -> int:
             cover = args.output.with_suffix(".jpg")
             shutil.move(str(result.cover_path), cover)
     label = f" [{result.label}]" if result.label else ""
-    print(f"{video} ({result.frames} frames {result.width}x{result.height}, {result.seconds:.2f}s){label}")
+    print(f"{video} ({result.frames} frames {result.width}x{result.height}, "
+          f"{result.extra.get('video_s', 0.0):.2f}s of video, made in {result.seconds:.1f}s){label}")
     return 0
 
 

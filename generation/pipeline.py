@@ -227,12 +227,13 @@ class PyramidFlowGenerator:
         t_end = time.perf_counter()
         timings["encode_s"] = t_end - t1
         timings["total_s"] = t_end - t0
+        timings["video_s"] = frames.shape[0] / self.settings.fps
         if progress is not None:
             progress(Progress(unit=job.temp - 1, units=job.temp, stage=2, step=0, steps=0, fraction=1.0,
                               message="完成"))
         log.info("job %s: done %s in %.1fs", jid, video_path, timings["total_s"])
         return GenerationResult(
-            video_path=video_path, cover_path=cover_path, seconds=frames.shape[0] / self.settings.fps,
+            video_path=video_path, cover_path=cover_path, seconds=timings["total_s"],
             frames=int(frames.shape[0]), width=int(frames.shape[2] - frames.shape[2] % 2),
             height=int(frames.shape[1] - frames.shape[1] % 2), label=self.c.label, extra=timings,
         )
