@@ -263,6 +263,13 @@ def _guard(request: Request) -> JSONResponse | None:
     return None
 
 
+async def _admin_body(request: Request) -> dict[str, Any] | JSONResponse:
+    """An admin action's JSON body, or the refusal (no/wrong token, cross-origin, not a JSON object)."""
+    if (refused := _guard(request)) is not None:
+        return refused
+    return await _json_body(request)
+
+
 async def _json_body(request: Request) -> dict[str, Any] | JSONResponse:
     if not same_origin(request):
         return JSONResponse({"ok": False, "error": "cross-origin request refused"}, status_code=403)
@@ -347,9 +354,7 @@ async def api_ledger(request: Request) -> Response:
 
 
 async def api_quota(request: Request) -> Response:
-    if (refused := _guard(request)) is not None:
-        return refused
-    body = await _json_body(request)
+    body = await _admin_body(request)
     if isinstance(body, JSONResponse):
         return body
     deps = request.app.state.deps
@@ -381,9 +386,7 @@ async def api_quota(request: Request) -> Response:
 
 
 async def api_ban(request: Request) -> Response:
-    if (refused := _guard(request)) is not None:
-        return refused
-    body = await _json_body(request)
+    body = await _admin_body(request)
     if isinstance(body, JSONResponse):
         return body
     deps = request.app.state.deps
@@ -407,9 +410,7 @@ async def api_ban(request: Request) -> Response:
 
 
 async def api_cancel(request: Request) -> Response:
-    if (refused := _guard(request)) is not None:
-        return refused
-    body = await _json_body(request)
+    body = await _admin_body(request)
     if isinstance(body, JSONResponse):
         return body
     deps = request.app.state.deps
