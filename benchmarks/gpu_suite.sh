@@ -19,8 +19,8 @@ case "$part" in
 768)
   step flux768_t31_graphs_stream 420 full --model pyramid_flux --variant 768p --temp 31 --graphs --stream --repeat 1
   ;;
-caps)
-  step flux384_cap8 200 full --model pyramid_flux --graphs --stream --repeat 1 --mem-cap-gib 8 --planner
-  step flux384_cap4p5 300 full --model pyramid_flux --stream --repeat 1 --mem-cap-gib 4.5 --planner
+caps)  # written after the last GPU call of 2026-12-01: not run yet
+  step flux384_cap8 200 full --model pyramid_flux --graphs --stream --repeat 2 --mem-cap-gib 8 --planner
+  step flux384_cap4p5 400 full --model pyramid_flux --graphs --stream --repeat 1 --mem-cap-gib 4.5 --planner
   ;;
 esac

@@ -13,6 +13,7 @@ equal:  the fast path (bf16, prefix attention, CUDA graphs) against the plain pa
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import json
 import sys
@@ -99,13 +100,30 @@ def cmd_full(args: argparse.Namespace) -> int:
     vae_cfg = json.loads((manifests / "causal_vae.json").read_text())["config_json"]
     torch.manual_seed(0)
     t = time.perf_counter()
-    with torch.device(device):
+    build_on = torch.device("cpu") if args.planner else device  # the placement moves what it keeps
+    with torch.device(build_on):
         dit = build_dit(args.model, dit_cfg, attention_backend=args.attention).to(dtype).eval().requires_grad_(False)
         vae = CausalVideoVAE(VAEConfig.from_dict(vae_cfg)).to(dtype).eval().requires_grad_(False)
+    pm = None
+    tile = 256
+    if args.planner:  # text encoders are replaced by random embeddings here, so they weigh nothing
+        from generation.memory import Placement, PlacementManager
+        from generation.planner import Footprint, gpu_budget, plan_placement, working_set
+
+        plan = plan_placement(Footprint.of(dit, [], vae), working_set(args.model, args.variant, args.temp),
+                              gpu_budget(device, args.mem_cap_gib or None))
+        print("memory plan:", plan.describe())
+        pm = PlacementManager(plan.placement, device, resident_blocks=plan.resident_blocks)
+        pm.prepare(streamed=[dit], swapped=[vae])
+        tile = plan.decode_tile
+        resident = plan.placement in (Placement.GPU, Placement.TEXT_OFFLOAD)
+        args.graphs = args.graphs and resident
+        args.stream = args.stream and plan.stream_decode
     _sync()
     print(f"built random {args.model} + VAE on {device} in {time.perf_counter() - t:.1f}s")
     model = GraphedDiT(dit) if args.graphs else dit
     weights = torch.cuda.memory_allocated(device) / 2**30
+    use = pm.use if pm is not None else (lambda *_m: contextlib.nullcontext())
     w, h = (640, 384) if args.variant == "384p" else (1280, 768)
     text = _random_text(args.model, device, dtype)
     opts = SamplerOptions(first_frame_steps=(20, 20, 20), video_steps=(10, 10, 10), guidance_scale=7.0,
@@ -118,15 +136,20 @@ def cmd_full(args: argparse.Namespace) -> int:
         with torch.no_grad():
             init = prepare_initial_noise(noise, batch=1, temp=args.temp, latent_height=h // 8, latent_width=w // 8,
                                          num_stages=3, device=device, dtype=dtype)
-            stream = StreamingFrameDecoder(vae, norm, tiling=not args.untiled, dtype=dtype) if args.stream else None
+            stream = (StreamingFrameDecoder(vae, norm, tiling=not args.untiled, dtype=dtype, tile_size=tile)
+                      if args.stream else None)
             on_unit = (lambda _k, x, s=stream: s.push(x)) if stream is not None else None
-            lat = sample_t2v(model, text, init, options=opts, noise=noise, on_unit=on_unit)
+            with use(dit):
+                lat = sample_t2v(model, text, init, options=opts, noise=noise, on_unit=on_unit)
             _sync()
             t1 = time.perf_counter()
             peak_sampling = torch.cuda.max_memory_allocated() / 2**30
             torch.cuda.reset_peak_memory_stats()
-            frames = stream.frames() if stream is not None else decode_to_frames(vae, lat, norm, tiling=not args.untiled,
-                                                                                 dtype=dtype)
+            if stream is not None:
+                frames = stream.frames()
+            else:
+                with use(vae):
+                    frames = decode_to_frames(vae, lat, norm, tiling=not args.untiled, dtype=dtype, tile_size=tile)
             _sync()
             t2 = time.perf_counter()
         peak_decode = torch.cuda.max_memory_allocated() / 2**30
@@ -138,6 +161,7 @@ def cmd_full(args: argparse.Namespace) -> int:
         print(json.dumps({"bench": "full", "model": args.model, "variant": args.variant, "temp": args.temp,
                           "graphs": args.graphs, "stream": args.stream, "tiling": not args.untiled,
                           "attention": args.attention, "mem_cap_gib": args.mem_cap_gib, "rep": rep,
+                          "placement": pm.placement.value if pm is not None else "gpu",
                           "total_s": round(t2 - t0, 2), "sampling_s": round(t1 - t0, 2),
                           "decode_s": round(t2 - t1, 2), "peak_gib": round(peak, 3),
                           "peak_sampling_gib": round(peak_sampling, 3), "peak_decode_gib": round(peak_decode, 3),
@@ -312,6 +336,8 @@ def main(argv: list[str] | None = None) -> int:
             p.add_argument("--stream", action="store_true", help="decode each unit as soon as it is generated")
             p.add_argument("--graphs", action="store_true", help="replay DiT forwards from CUDA graphs")
             p.add_argument("--untiled", action="store_true", help="decode without spatial tiles")
+            p.add_argument("--planner", action="store_true",
+                           help="place the models as the memory planner decides for the free memory / --mem-cap-gib")
             p.add_argument("--mem-cap-gib", type=float, default=0.0, help="cap the CUDA allocator (simulate a small card)")
         if name == "profile":
             p.add_argument("--model", default="pyramid_flux", choices=["pyramid_flux", "pyramid_mmdit"])
