@@ -34,6 +34,7 @@ from bot.channel import ImageFetchError
 from bot.images import ImageRejected, store_image, validate_image
 from bot.messages import Message
 from bot.plugin import CommandCall, Plugin, PluginContext, command
+from bot.store.db import transaction
 from bot.timefmt import format_eta, format_next_reset
 from generation.executors.base import user_notice
 from generation.jobs.models import JobSpec, JobState, SubmitOutcome
@@ -144,9 +145,13 @@ class VideoPlugin(Plugin):
             return
         await self._submit(ctx, message, opts, image)
 
-    @command("cancel", aliases=("取消",), usage="/取消", help="取消您最近一个排队中或生成中的任务")
+    @command("cancel", aliases=("取消",), usage="/取消 [#任务号]",
+             help="取消您最近一个排队中或生成中的任务；/取消 #12 取消指定任务（管理员可取消任何人的）")
     async def cancel(self, ctx: PluginContext, call: CommandCall) -> None:
         message = call.message
+        if call.args:
+            await self._cancel_by_id(ctx, call)
+            return
         if self._waiting.pop(_key(message), None) is not None:
             await ctx.reply(message, "已取消等待图片的视频请求。")
             return
@@ -157,6 +162,29 @@ class VideoPlugin(Plugin):
             await ctx.reply(message, f"已取消任务 #{job.id}，额度已退还（{job.cost} 点）。")
         else:
             await ctx.reply(message, f"任务 #{job.id} 正在生成，将在下一步停止，额度会退还。")
+
+    async def _cancel_by_id(self, ctx: PluginContext, call: CommandCall) -> None:
+        message = call.message
+        number = call.args.strip().lstrip("#＃").strip()
+        if not number.isdigit():
+            await ctx.reply(message, "用法：/取消（取消最近的任务）或 /取消 #任务号，例如 /取消 #12")
+            return
+        job = ctx.queue.get(int(number))
+        mine = job is not None and job.user_id == message.sender_id
+        if job is None or not (mine or call.is_admin):
+            await ctx.reply(message, f"没有找到您的任务 #{number}。发送 /队列 查看您的任务。")
+            return
+        with transaction(ctx.queue.db):  # the cancel and, for someone else's job, its audit row together
+            done = ctx.queue.cancel(job.id)
+            if done is not None and not mine:
+                ctx.quota.audit(message.sender_id, "cancel", job.user_id, {"job_id": job.id, "was": str(job.state)})
+        whose = "" if mine else f" {job.user_name or job.user_id} 的"
+        if done is None:
+            await ctx.reply(message, f"任务 #{job.id} 已经结束或正在停止。")
+        elif done.state == JobState.CANCELLED:
+            await ctx.reply(message, f"已取消{whose}任务 #{job.id}，额度已退还（{job.cost} 点）。")
+        else:
+            await ctx.reply(message, f"{whose.strip()}任务 #{job.id} 正在生成，将在下一步停止，额度会退还。")
 
     @command("queue", aliases=("队列",), usage="/队列", help="查看队列和您的任务位置")
     async def queue(self, ctx: PluginContext, call: CommandCall) -> None:

@@ -11,7 +11,7 @@ from PIL import Image
 
 from bot.messages import OutgoingText
 from generation.jobs.models import JobState
-from tests.chat_harness import ROOM, async_test, make_harness, make_settings, png_bytes
+from tests.chat_harness import ADMIN, ROOM, async_test, make_harness, make_settings, png_bytes
 
 ALICE = {"sender_id": "wxid_alice", "sender_name": "Alice"}
 BOB = {"sender_id": "wxid_bob", "sender_name": "Bob"}
@@ -200,6 +200,33 @@ async def test_cancel_queued_refunds_and_queue_shows_positions(tmp_path: Path) -
     assert "等待图片" in h.last_text()
     await h.say(image=png_bytes(), **ALICE)
     assert len(h.jobs("wxid_alice")) == 2
+
+
+@async_test
+async def test_cancel_by_number_own_jobs_and_admin_any_with_audit(tmp_path: Path) -> None:
+    h = await make_harness(make_settings(tmp_path))
+    await h.say("/视频 一只狗", **BOB)
+    await h.say("/视频 一只猫", **ALICE)
+    await h.say("/视频 一只鸟", **ALICE)
+    dog = h.jobs("wxid_bob")[0]
+    cat, bird = h.jobs("wxid_alice")
+    await h.say("/取消 abc", **ALICE)
+    assert "用法" in h.last_text()
+    await h.say(f"/取消 #{dog.id}", **ALICE)  # not hers: nothing changes, and nothing is revealed
+    assert "没有找到您的任务" in h.last_text() and h.queue.get(dog.id).state is JobState.QUEUED
+    await h.say(f"/取消 ＃{cat.id}", **ALICE)  # not the latest, full-width #
+    assert f"已取消任务 #{cat.id}" in h.last_text()
+    assert [j.state for j in h.jobs("wxid_alice")] == [JobState.CANCELLED, JobState.QUEUED]
+    await h.say(f"/取消 {cat.id}", **ALICE)
+    assert "已经结束" in h.last_text()
+    assert h.quota.audit_log(10) == []  # cancelling your own job is no admin action
+    await h.say(f"/取消 #{dog.id}", sender_id=ADMIN, sender_name="群主")
+    assert "Bob 的任务" in h.last_text() and h.queue.get(dog.id).state is JobState.CANCELLED
+    audit = h.quota.audit_log(10)
+    assert [(a.actor_id, a.action, a.target_id, a.detail["job_id"]) for a in audit] == [
+        (ADMIN, "cancel", "wxid_bob", dog.id)]
+    assert [r.kind for r in h.ledger("wxid_bob")] == ["grant", "spend", "refund"]
+    assert h.queue.get(bird.id).state is JobState.QUEUED
 
 
 # --- with the real prompt pipeline (bot.prompts), translator off so nothing leaves the machine ---

@@ -187,6 +187,11 @@ class QuotaBook:
         )
         return balance
 
+    def audit(self, actor_id: str, action: str, target_id: str | None, detail: dict[str, Any]) -> None:
+        """Record an admin action done elsewhere (e.g. cancelling someone's job); joins an open transaction."""
+        with transaction(self.db):
+            self._audit(actor_id, action, target_id, detail)
+
     def _audit(self, actor_id: str, action: str, target_id: str | None, detail: dict[str, Any]) -> None:
         self.db.execute(
             "INSERT INTO audit (actor_id, action, target_id, detail, ts) VALUES (?, ?, ?, ?, ?)",

@@ -426,7 +426,7 @@ async def api_cancel(request: Request) -> Response:
     with transaction(deps.queue.db):  # the cancel and its audit row land together
         done = deps.queue.cancel(job_id)
         if done is not None:
-            deps.quota._audit(DASHBOARD_ACTOR, "cancel", job.user_id,
+            deps.quota.audit(DASHBOARD_ACTOR, "cancel", job.user_id,
                               {"job_id": job_id, "was": str(job.state), "reason": reason})
     if done is None:
         return _bad(f"任务 #{job_id} 已经结束或正在停止。", 409)
