@@ -83,9 +83,7 @@ def _random_text(model_name: str, device: torch.device, dtype: torch.dtype):
 def cmd_full(args: argparse.Namespace) -> int:
     from generation.decode import StreamingFrameDecoder, decode_to_frames
     from generation.latents import latent_norm
-    from generation.models import build_dit
     from generation.models.graphed import GraphedDiT
-    from generation.models.vae import CausalVideoVAE, VAEConfig
     from generation.sampling.noise import GeneratorNoise
     from generation.sampling.pyramid import SamplerOptions, prepare_initial_noise, sample_t2v
 
@@ -94,16 +92,9 @@ def cmd_full(args: argparse.Namespace) -> int:
     if args.mem_cap_gib:
         total = torch.cuda.get_device_properties(device).total_memory
         torch.cuda.set_per_process_memory_fraction(min(1.0, args.mem_cap_gib * 2**30 / total), device)
-    manifests = ROOT / "tests" / "fixtures" / "manifests"
-    short = {"pyramid_flux": "dit_pyramid_flux", "pyramid_mmdit": "dit_pyramid_mmdit"}[args.model]
-    dit_cfg = json.loads((manifests / f"{short}.json").read_text())["config_json"]
-    vae_cfg = json.loads((manifests / "causal_vae.json").read_text())["config_json"]
-    torch.manual_seed(0)
     t = time.perf_counter()
     build_on = torch.device("cpu") if args.planner else device  # the placement moves what it keeps
-    with torch.device(build_on):
-        dit = build_dit(args.model, dit_cfg, attention_backend=args.attention).to(dtype).eval().requires_grad_(False)
-        vae = CausalVideoVAE(VAEConfig.from_dict(vae_cfg)).to(dtype).eval().requires_grad_(False)
+    dit, vae = _random_models(args.model, build_on, dtype, attention=args.attention)
     pm = None
     tile = 256
     if args.planner:  # text encoders are replaced by random embeddings here, so they weigh nothing
@@ -175,6 +166,18 @@ def _manifest_config(name: str) -> dict:
     return json.loads((manifests / f"{short}.json").read_text())["config_json"]
 
 
+def _random_models(model_name: str, device: torch.device, dtype: torch.dtype, *, attention: str = "prefix"):
+    """Full-size DiT + VAE with seeded random weights (work per step does not depend on the values)."""
+    from generation.models import build_dit
+    from generation.models.vae import CausalVideoVAE, VAEConfig
+
+    torch.manual_seed(0)
+    with torch.device(device):
+        dit = build_dit(model_name, _manifest_config(model_name), attention_backend=attention)
+        vae = CausalVideoVAE(VAEConfig.from_dict(_manifest_config("vae")))
+    return (dit.to(dtype).eval().requires_grad_(False), vae.to(dtype).eval().requires_grad_(False))
+
+
 def _rel(a: torch.Tensor, b: torch.Tensor) -> float:
     return float((a.float() - b.float()).norm() / b.float().norm())
 
@@ -242,18 +245,13 @@ def cmd_profile(args: argparse.Namespace) -> int:
 
     from generation.decode import StreamingFrameDecoder, decode_to_frames
     from generation.latents import latent_norm
-    from generation.models import build_dit
     from generation.models.graphed import GraphedDiT
-    from generation.models.vae import CausalVideoVAE, VAEConfig
     from generation.sampling.noise import GeneratorNoise
     from generation.sampling.pyramid import SamplerOptions, prepare_initial_noise, sample_t2v
 
     device = torch.device(args.device)
     dtype = torch.bfloat16
-    torch.manual_seed(0)
-    with torch.device(device):
-        dit = build_dit(args.model, _manifest_config(args.model)).to(dtype).eval().requires_grad_(False)
-        vae = CausalVideoVAE(VAEConfig.from_dict(_manifest_config("vae"))).to(dtype).eval().requires_grad_(False)
+    dit, vae = _random_models(args.model, device, dtype)
     model = GraphedDiT(dit) if args.graphs else dit
     text = _random_text(args.model, device, dtype)
     opts = SamplerOptions()

@@ -28,7 +28,7 @@ class Placement(StrEnum):
     SEQUENTIAL_OFFLOAD = "sequential_offload"  # DiT/text blocks streamed one at a time (some may stay resident)
 
 
-def _streamable_blocks(module: nn.Module) -> list[nn.Module]:
+def streamable_blocks(module: nn.Module) -> list[nn.Module]:
     """Elements of the outermost ModuleLists below `module`."""
     blocks: list[nn.Module] = []
 
@@ -68,7 +68,7 @@ class BlockStreamer:
         self.module = module
         self.device = device
         self.offload_device = offload_device
-        blocks = _streamable_blocks(module)
+        blocks = streamable_blocks(module)
         self.resident = blocks[: max(0, resident_blocks)]
         self.blocks = blocks[len(self.resident):]
         self.loads = 0
@@ -155,7 +155,7 @@ class PlacementManager:
             return
         if self.placement is Placement.SEQUENTIAL_OFFLOAD:
             for i, m in enumerate(streamed):
-                if _streamable_blocks(m):
+                if streamable_blocks(m):
                     keep = self.resident_blocks if i == 0 else 0
                     self.streamers.append(BlockStreamer(m, self.device, self.offload_device, resident_blocks=keep))
                     log.info("sequential offload: streaming %d blocks of %s (%d resident)",

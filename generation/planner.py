@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
-from generation.memory import Placement, _streamable_blocks
+from generation.memory import Placement, streamable_blocks
 
 log = logging.getLogger(__name__)
 
@@ -56,8 +56,8 @@ class Footprint:
 
     @classmethod
     def of(cls, dit: nn.Module, text_models: list[nn.Module], vae: nn.Module) -> Footprint:
-        blocks = tuple(_bytes(b) for b in _streamable_blocks(dit))
-        text_blocks = [_bytes(b) for m in text_models for b in _streamable_blocks(m)]
+        blocks = tuple(_bytes(b) for b in streamable_blocks(dit))
+        text_blocks = [_bytes(b) for m in text_models for b in streamable_blocks(m)]
         return cls(dit=_bytes(dit), dit_blocks=blocks, text=sum(_bytes(m) for m in text_models),
                    text_largest_block=max(text_blocks, default=0), vae=_bytes(vae))  # fmt: skip
 

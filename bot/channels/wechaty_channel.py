@@ -48,6 +48,7 @@ from bot.channels import grpc_media, wechat_media
 from bot.channels.wechaty_compat import load_wechaty, reset_wechaty_globals
 from bot.channels.wechaty_settings import ENDPOINT_ENV, TOKEN_ENV, PuppetConnection, WechatySettings
 from bot.messages import ChatKind, ImageRef, Message, OutgoingText, OutgoingVideo
+from bot.tasks import cancel_and_wait
 
 log = logging.getLogger(__name__)
 
@@ -219,10 +220,7 @@ class WechatyChannel:
 
     async def stop(self) -> None:
         task, self._supervisor = self._supervisor, None
-        if task is not None:
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+        await cancel_and_wait(task)
         self._set_state(ConnState.STOPPED, "stopped by the application")
 
     # ------------------------------------------------------------------ supervision

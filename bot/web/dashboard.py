@@ -194,8 +194,8 @@ def _worker(deps: Any) -> dict[str, Any]:
                 for i in range(torch.cuda.device_count()):
                     props = torch.cuda.get_device_properties(i)
                     info["gpus"].append({"index": i, "name": props.name, "memory_gb": round(props.total_memory / 2**30, 1)})
-        except Exception:
-            pass
+        except Exception as exc:  # a status read must never break the page
+            log.debug("GPU list unavailable: %s", exc)
     return info
 
 

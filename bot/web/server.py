@@ -40,6 +40,7 @@ from starlette.staticfiles import StaticFiles
 
 from bot.images import ImageRejected, validate_image
 from bot.settings import Settings
+from bot.tasks import cancel_and_wait
 from bot.web.channel import PlaygroundChannel
 from generation.jobs.models import Job, JobState
 
@@ -142,11 +143,8 @@ class JobWatcher:
         self._task = asyncio.create_task(self._run(), name="playground-job-watcher")
 
     async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-            self._task = None
+        task, self._task = self._task, None
+        await cancel_and_wait(task)
 
     async def _run(self) -> None:
         while True:
@@ -318,20 +316,21 @@ async def api_events(request: Request) -> Response:
                              headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
 
 
-async def media_video(request: Request) -> Response:
-    deps: WebDeps = request.app.state.deps
-    path = job_file(deps, int(request.path_params["job_id"]), "video")
-    if path is None:
-        return error(404, "没有这个视频。")
-    return FileResponse(path, media_type="video/mp4", headers={"Cache-Control": "private, max-age=3600"})
+def _job_media(kind: str, media_type: str, missing: str):
+    """A route serving a job's video or cover by job id (never by path: see `job_file`)."""
+
+    async def serve(request: Request) -> Response:
+        deps: WebDeps = request.app.state.deps
+        path = job_file(deps, int(request.path_params["job_id"]), kind)
+        if path is None:
+            return error(404, missing)
+        return FileResponse(path, media_type=media_type, headers={"Cache-Control": "private, max-age=3600"})
+
+    return serve
 
 
-async def media_cover(request: Request) -> Response:
-    deps: WebDeps = request.app.state.deps
-    path = job_file(deps, int(request.path_params["job_id"]), "cover")
-    if path is None:
-        return error(404, "没有这个封面。")
-    return FileResponse(path, media_type="image/jpeg", headers={"Cache-Control": "private, max-age=3600"})
+media_video = _job_media("video", "video/mp4", "没有这个视频。")
+media_cover = _job_media("cover", "image/jpeg", "没有这个封面。")
 
 
 async def media_upload(request: Request) -> Response:

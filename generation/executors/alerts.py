@@ -4,10 +4,10 @@ cluster unreachable or lost, dispatcher process down) and another one when it is
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 from collections.abc import Awaitable, Callable
 
+from bot.tasks import cancel_and_wait
 from generation.executors.base import Executor
 
 log = logging.getLogger(__name__)
@@ -54,8 +54,5 @@ class PoolAlerts:
             self._task = asyncio.create_task(self._loop(), name="pool-alerts")
 
     async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-            self._task = None
+        task, self._task = self._task, None
+        await cancel_and_wait(task)

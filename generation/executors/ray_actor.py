@@ -164,5 +164,5 @@ def _free_accelerator_memory() -> None:
 
         if torch.cuda.is_available():
             torch.cuda.empty_cache()
-    except Exception:
-        pass
+    except Exception as exc:  # best effort after an OOM; the job is reported failed either way
+        log.debug("empty_cache after OOM failed: %s", exc)

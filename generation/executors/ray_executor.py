@@ -229,8 +229,8 @@ class RayDispatcher:
         if handle is not None:  # a silent (hung) actor must give its GPU back before it is re-created
             try:
                 self.ray.kill(handle, no_restart=True)
-            except Exception:
-                pass
+            except Exception as exc:  # already gone: nothing to give back
+                log.debug("kill of failed actor %s: %s", slot.name, exc)
 
     def _serves(self, info: dict[str, Any]) -> list[str]:
         model = info.get("model")
@@ -455,8 +455,8 @@ class RayDispatcher:
             if slot.handle is not None:
                 try:
                     self.ray.kill(slot.handle, no_restart=True)
-                except Exception:
-                    pass
+                except Exception as exc:  # already gone
+                    log.debug("kill of actor %s at shutdown: %s", slot.name, exc)
             slot.handle, slot.state = None, "dead"
         self.publish()
 
