@@ -108,9 +108,16 @@ class PyramidFlowGenerator:
         placement.prepare(streamed=streamed, swapped=[c.vae])
         resident_dit = placement.placement in (Placement.GPU, Placement.TEXT_OFFLOAD)
         use_graphs = self.settings.cuda_graphs and resident_dit and placement.device.type == "cuda"
+        if self.settings.compile_dit and hasattr(c.dit, "compile_blocks") and not c.dit.compiled:
+            c.dit.compile_blocks()
         self.dit: torch.nn.Module = GraphedDiT(c.dit) if use_graphs else c.dit
         stream = self.settings.stream_decode
-        self.decode_tile = self.plan.decode_tile if self.plan is not None else DECODE_TILE
+        tiling = self.settings.vae_tiling
+        planned = self.plan.decode_tile if self.plan is not None else DECODE_TILE
+        if tiling is False:
+            self.decode_tile: int | None = None
+        else:  # True: tiles whatever the plan; None: the plan's choice (tiled without a plan)
+            self.decode_tile = planned if planned is not None or tiling is None else DECODE_TILE
         self.stream_decode = (resident_dit and placement.device.type == "cuda") if stream is None else (
             stream and resident_dit)
 
@@ -273,7 +280,7 @@ class PyramidFlowGenerator:
             if job.image is not None:
                 with self.placement.use(c.vae):
                     image_latent = encode_image_latent(c.vae, job.image, self.norm, noise, device=device,
-                                                       dtype=c.dtype, tiling=self.settings.vae_tiling)
+                                                       dtype=c.dtype, tiling=self.settings.vae_tiling is not False)
 
             def report(p: Progress) -> None:
                 if progress is not None:
@@ -283,8 +290,9 @@ class PyramidFlowGenerator:
             stream = None
             on_unit = None
             if self.stream_decode:
-                stream = StreamingFrameDecoder(c.vae, self.norm, tiling=self.settings.vae_tiling, dtype=c.dtype,
-                                               tile_size=self.decode_tile)
+                stream = StreamingFrameDecoder(c.vae, self.norm, tiling=self.decode_tile is not None, dtype=c.dtype,
+                                               tile_size=self.decode_tile or DECODE_TILE,
+                                               side_stream=self.settings.decode_side_stream)
                 if image_latent is not None:
                     stream.push(image_latent)
 
@@ -309,7 +317,7 @@ class PyramidFlowGenerator:
                 frames = stream.frames()
             else:
                 with self.placement.use(c.vae):
-                    frames = decode_to_frames(c.vae, latents, self.norm, tiling=self.settings.vae_tiling,
+                    frames = decode_to_frames(c.vae, latents, self.norm, tiling=self.decode_tile is not None,
                                               dtype=c.dtype, tile_size=self.decode_tile)
         t_decode = time.perf_counter()
         return frames, {"text_s": t_text - t0, "sample_s": t_sample - t_text, "decode_s": t_decode - t_sample}

@@ -30,11 +30,13 @@ log = logging.getLogger(__name__)
 GiB = 2**30
 RESERVE_BYTES = int(0.5 * GiB)  # CUDA context, cuBLAS/cuDNN workspaces, fragmentation
 
-# Decoder working set (bytes beyond the VAE weights) of the tiled, temporally chunked decode (256 px tiles,
-# one latent frame at a time, as the streaming decoder runs it), per variant. 384p: measured on an H200
-# as peak − weights of the all-on-GPU streamed run (9.27 − 4.30 GiB, so it also holds the DiT's working
-# set: an upper bound). 768p: the H100 measurement of the same decode mode (17.0 GiB peak − 0.62 GiB).
+# Decoder working set (bytes beyond the VAE weights) of the temporally chunked decode (one latent frame at
+# a time, as the streaming decoder runs it), per variant and tile size (None = untiled).
+# 384p, 256 px tiles: measured on an H200 as peak − weights of the all-on-GPU streamed run (9.27 − 4.30
+# GiB, so it also holds the DiT's working set: an upper bound). Untiled and 768p: the H100 measurements
+# of the same decode modes in generation/models/vae/bench.py (peak − 0.62 GiB of weights).
 DECODE_WORKING_SET = {"384p": int(5.0 * GiB), "768p": int(16.4 * GiB)}
+DECODE_WORKING_SET_UNTILED = {"384p": int(7.8 * GiB), "768p": int(31.3 * GiB)}
 # DiT working set per token of the largest forward (CFG batch 2, bf16): activations of one block with
 # its MLP, attention outputs, the residual stream and the final projection, with a 2x margin.
 DIT_BYTES_PER_TOKEN = {"pyramid_flux": 160 * 1920, "pyramid_mmdit": 160 * 1536}
@@ -70,7 +72,14 @@ class Footprint:
 @dataclass(frozen=True)
 class WorkingSet:
     sampling: int  # one DiT forward at the largest layout
-    decode: int  # the VAE decoder
+    decode: int  # the VAE decoder with 256 px tiles
+    decode_untiled: int = 0  # the VAE decoder without tiles (faster: no overlap, no seams); 0 = unknown
+
+    def untiled(self) -> WorkingSet | None:
+        """The same with the untiled decode, when its size is known."""
+        if not self.decode_untiled:
+            return None
+        return WorkingSet(sampling=self.sampling, decode=self.decode_untiled, decode_untiled=self.decode_untiled)
 
 
 # Tokens of the largest DiT forward (last unit, last stage, text included) as a line through the sequence
@@ -85,13 +94,14 @@ def largest_tokens(variant: str, temp: int) -> int:
 
 def with_small_tiles(ws: WorkingSet) -> WorkingSet:
     """128 px decode tiles: a quarter of the tile area, so about a quarter of the decoder's working set."""
-    return WorkingSet(sampling=ws.sampling, decode=ws.decode // 4)
+    return WorkingSet(sampling=ws.sampling, decode=ws.decode // 4, decode_untiled=ws.decode_untiled)
 
 
 def working_set(model_name: str, variant: str, temp: int) -> WorkingSet:
     per_token = DIT_BYTES_PER_TOKEN.get(model_name, DIT_BYTES_PER_TOKEN["pyramid_flux"])
     return WorkingSet(sampling=largest_tokens(variant, temp) * per_token * 2,
-                      decode=DECODE_WORKING_SET.get(variant, DECODE_WORKING_SET["768p"]))  # fmt: skip
+                      decode=DECODE_WORKING_SET.get(variant, DECODE_WORKING_SET["768p"]),
+                      decode_untiled=DECODE_WORKING_SET_UNTILED.get(variant, DECODE_WORKING_SET_UNTILED["768p"]))  # fmt: skip
 
 
 @dataclass(frozen=True)
@@ -99,7 +109,7 @@ class PlacementPlan:
     placement: Placement
     resident_blocks: int = 0  # sequential offload: DiT blocks that stay on the GPU
     stream_decode: bool = True  # decode units while later ones sample (only when the VAE stays resident)
-    decode_tile: int = 256  # VAE decode tile (px); 128 when the 256 px working set does not fit
+    decode_tile: int | None = 256  # VAE decode tile (px); None: untiled (fits); 128: 256 px does not fit
     budget: int = 0
     need: int = 0  # estimated peak of this plan
     reason: str = ""
@@ -108,6 +118,7 @@ class PlacementPlan:
 
     def describe(self) -> str:
         extra = f", {self.resident_blocks} DiT blocks resident" if self.placement is Placement.SEQUENTIAL_OFFLOAD else ""
+        extra += ", untiled decode" if self.decode_tile is None else f", {self.decode_tile} px decode tiles"
         return (f"{self.placement.value}{extra} (need ≈{self.need / GiB:.1f} GiB of {self.budget / GiB:.1f} GiB"
                 f"{'' if self.fits else ', DOES NOT FIT'}): {self.reason}")
 
@@ -116,45 +127,57 @@ ORDER = (Placement.GPU, Placement.TEXT_OFFLOAD, Placement.MODEL_OFFLOAD, Placeme
 
 
 def plan_placement(fp: Footprint, ws: WorkingSet, budget: int, *, start: Placement = Placement.GPU) -> PlacementPlan:
-    """The first candidate (from `start` on, in ORDER) whose estimated peak fits in `budget` bytes."""
+    """The first candidate (from `start` on, in ORDER) whose estimated peak fits in `budget` bytes.
+
+    Each of the first three candidates is tried with the untiled decode first (faster), then 256 px tiles.
+    """
     rejected: list[str] = []
+    untiled = ws.untiled()
     for candidate in ORDER[ORDER.index(start):]:
-        if candidate is Placement.GPU:
-            need = fp.text + fp.dit + fp.vae + ws.sampling + ws.decode
+        if candidate is Placement.SEQUENTIAL_OFFLOAD:
+            return _sequential(fp, ws, budget, rejected)
+        need = 0
+        for tile, w in ((None, untiled), (256, ws)):
+            if w is None:
+                continue
+            need, reason, stream = _need(candidate, fp, w)
             if need <= budget:
-                return PlacementPlan(candidate, budget=budget, need=need, reason="everything resident",
-                                     rejected=tuple(rejected))  # fmt: skip
-        elif candidate is Placement.TEXT_OFFLOAD:
-            need = max(fp.dit + fp.vae + fp.text, fp.dit + fp.vae + ws.sampling + ws.decode)
-            if need <= budget:
-                return PlacementPlan(candidate, budget=budget, need=need,
-                                     reason="text encoders on the GPU only while encoding", rejected=tuple(rejected))
-        elif candidate is Placement.MODEL_OFFLOAD:
-            need = max(fp.text, fp.dit + ws.sampling, fp.vae + ws.decode)
-            if need <= budget:
-                return PlacementPlan(candidate, stream_decode=False, budget=budget, need=need,
-                                     reason="one component on the GPU at a time", rejected=tuple(rejected))
-        else:
-            fixed = fp.dit_rest + ws.sampling + 2 * max(fp.dit_blocks, default=0)  # 2: one in use, one arriving
-            room = budget - fixed
-            keep = 0
-            for b in fp.dit_blocks:
-                if room - b < 0:
-                    break
-                room -= b
-                keep += 1
-            dit_need = fixed + sum(fp.dit_blocks[:keep])
-            tile = 256
-            if fp.vae + ws.decode > budget:
-                tile, ws = 128, with_small_tiles(ws)
-            need = max(dit_need, fp.vae + ws.decode, fp.text_largest_block + int(0.5 * GiB))
-            return PlacementPlan(candidate, resident_blocks=keep, stream_decode=False, decode_tile=tile,
-                                 budget=budget, need=need,
-                                 reason=f"streams {len(fp.dit_blocks) - keep} of {len(fp.dit_blocks)} DiT blocks "
-                                        f"from pinned host memory at every step, {tile} px decode tiles",
-                                 fits=need <= budget, rejected=tuple(rejected))  # fmt: skip
+                return PlacementPlan(candidate, stream_decode=stream, decode_tile=tile, budget=budget, need=need,
+                                     reason=reason, rejected=tuple(rejected))  # fmt: skip
         rejected.append(f"{candidate.value}: needs ≈{need / GiB:.1f} GiB")
     raise AssertionError("unreachable: sequential offload always returns a plan")
+
+
+def _need(candidate: Placement, fp: Footprint, ws: WorkingSet) -> tuple[int, str, bool]:
+    """(estimated peak, reason, streamed decode) of one of the resident / model-offload candidates."""
+    if candidate is Placement.GPU:
+        return fp.text + fp.dit + fp.vae + ws.sampling + ws.decode, "everything resident", True
+    if candidate is Placement.TEXT_OFFLOAD:
+        need = max(fp.dit + fp.vae + fp.text, fp.dit + fp.vae + ws.sampling + ws.decode)
+        return need, "text encoders on the GPU only while encoding", True
+    need = max(fp.text, fp.dit + ws.sampling, fp.vae + ws.decode)
+    return need, "one component on the GPU at a time", False
+
+
+def _sequential(fp: Footprint, ws: WorkingSet, budget: int, rejected: list[str]) -> PlacementPlan:
+    fixed = fp.dit_rest + ws.sampling + 2 * max(fp.dit_blocks, default=0)  # 2: one in use, one arriving
+    room = budget - fixed
+    keep = 0
+    for b in fp.dit_blocks:
+        if room - b < 0:
+            break
+        room -= b
+        keep += 1
+    dit_need = fixed + sum(fp.dit_blocks[:keep])
+    tile = 256
+    if fp.vae + ws.decode > budget:
+        tile, ws = 128, with_small_tiles(ws)
+    need = max(dit_need, fp.vae + ws.decode, fp.text_largest_block + int(0.5 * GiB))
+    return PlacementPlan(Placement.SEQUENTIAL_OFFLOAD, resident_blocks=keep, stream_decode=False, decode_tile=tile,
+                         budget=budget, need=need,
+                         reason=f"streams {len(fp.dit_blocks) - keep} of {len(fp.dit_blocks)} DiT blocks "
+                                f"from pinned host memory at every step",
+                         fits=need <= budget, rejected=tuple(rejected))  # fmt: skip
 
 
 def fallback(plan: PlacementPlan) -> Placement | None:

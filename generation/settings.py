@@ -28,10 +28,16 @@ class GenerationSettings(BaseModel):
     placement: PlacementName = "auto"
     memory_cap_gib: float | None = Field(default=None, gt=0)  # plan under (and cap the allocator to) this
     cuda_graphs: bool = True  # replay DiT forwards from CUDA graphs when the DiT stays resident on a GPU
-    vae_tiling: bool = True  # tiled VAE decode/encode (256 px tiles), as the reference's save_memory mode
+    # tiled VAE decode (256 px tiles, the reference's save_memory mode); None: the memory planner decides
+    # (untiled when it fits, which is faster); without the planner, tiled. The image encode is always tiled.
+    vae_tiling: bool | None = None
     # decode each finished latent frame while later frames are generated; None: on when the VAE stays
     # resident on a GPU
     stream_decode: bool | None = None
+    decode_side_stream: bool = True  # run that streamed decode on its own CUDA stream (overlaps the DiT)
+    # run the DiT blocks under torch.compile (fused elementwise kernels; the first video after start-up
+    # compiles, tens of seconds, cached on disk by Inductor). Needs a C++ compiler (CPU) or Triton (CUDA).
+    compile_dit: bool = False
     attention_backend: AttentionBackend = "prefix"  # exact per-time-group attention, or the dense mask
     bit_faithful_bf16: bool = True  # round latents/timesteps to the model dtype like the reference
 

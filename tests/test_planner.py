@@ -38,24 +38,27 @@ def test_token_line_goes_through_the_spec_sequence_lengths() -> None:
 
 
 @pytest.mark.parametrize(
-    ("gib", "ws", "expected"),
+    ("gib", "ws", "expected", "tile"),
     [
-        (80, WS_384, Placement.GPU),  # H100/H200
-        (24, WS_384, Placement.GPU),  # RTX 3090/4090: ≈20 GiB at 384p
-        (16, WS_384, Placement.TEXT_OFFLOAD),  # T5 only while encoding
-        (12, WS_384, Placement.MODEL_OFFLOAD),  # T5 9.1 GiB + DiT 3.7 GiB do not fit side by side
-        (8, WS_384, Placement.SEQUENTIAL_OFFLOAD),  # T5 alone exceeds the card: streamed
-        (24, WS_768, Placement.MODEL_OFFLOAD),  # the 768p decode needs the card to itself
+        (80, WS_384, Placement.GPU, None),  # H100/H200: untiled decode too
+        (24, WS_384, Placement.GPU, None),  # RTX 3090/4090: ≈23 GiB at 384p with the untiled decode
+        (22, WS_384, Placement.GPU, 256),  # the untiled decode does not fit beside the T5: 256 px tiles
+        (16, WS_384, Placement.TEXT_OFFLOAD, None),  # T5 only while encoding
+        (12, WS_384, Placement.MODEL_OFFLOAD, None),  # T5 9.1 GiB + DiT 3.7 GiB do not fit side by side
+        (8, WS_384, Placement.SEQUENTIAL_OFFLOAD, 256),  # T5 alone exceeds the card: streamed
+        (24, WS_768, Placement.MODEL_OFFLOAD, 256),  # the 768p decode needs the card to itself
     ],
 )
-def test_plan_by_card_size(gib: float, ws: WorkingSet, expected: Placement) -> None:
+def test_plan_by_card_size(gib: float, ws: WorkingSet, expected: Placement, tile: int | None) -> None:
     budget = int(gib * GiB)
     plan = plan_placement(MINIFLUX, ws, budget)
     assert plan.placement is expected, plan.describe()
+    assert plan.decode_tile == tile, plan.describe()
     assert plan.fits and plan.need <= budget
     # every faster candidate really needed more than the budget
     order = [Placement.GPU, Placement.TEXT_OFFLOAD, Placement.MODEL_OFFLOAD, Placement.SEQUENTIAL_OFFLOAD]
     assert len(plan.rejected) == order.index(expected)
+    assert ("untiled" if tile is None else f"{tile} px") in plan.describe()
 
 
 def test_sequential_keeps_as_many_blocks_resident_as_fit() -> None:

@@ -204,6 +204,12 @@ def attend(
     return out
 
 
+# Under torch.compile the blocks are traced with symbolic sequence lengths, but the attention calls are
+# driven by the plan's Python ints (ranges, masks per layout). Keeping `attend` out of the traced graph
+# lets one compiled graph serve every layout; the projections, norms and RoPE around it are fused.
+_attend_eager = torch.compiler.disable(attend)
+
+
 # ---------------------------------------------------------------------------------------------------
 # Glue: the processor installed on the diffusers attention modules, and the per-forward context
 
@@ -213,8 +219,9 @@ class AttnContext:
     """What every attention call of one forward needs (passed through the blocks' attention kwargs)."""
 
     plan: AttentionPlan
-    rope: torch.Tensor | None  # complex64 [L, D/2] rotation table, or None
+    rope: torch.Tensor | None  # float32 [L, D/2, 2] (cos, sin) rotation table, or None
     backend: Backend
+    compiled: bool = False  # the blocks run under torch.compile: attention stays eager (a graph break)
 
 
 class PyramidAttnProcessor:
@@ -271,7 +278,7 @@ class PyramidAttnProcessor:
         if ctx.rope is not None:
             q = apply_rope(q, ctx.rope[ctx.plan.text_len :] if image_only else ctx.rope)
             k = apply_rope(k, ctx.rope)
-        o = attend(q, k, v, ctx.plan, ctx.backend, image_only=image_only)
+        o = (_attend_eager if ctx.compiled else attend)(q, k, v, ctx.plan, ctx.backend, image_only=image_only)
         o = o.transpose(1, 2).reshape(b, o.shape[2], heads * d).to(hidden_states.dtype)
         if encoder_hidden_states is None:
             return o

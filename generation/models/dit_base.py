@@ -20,6 +20,7 @@ from generation.models.attention import (
     build_attention_plan,
     text_order,
 )
+from generation.models.blocks import BlockRunners
 from generation.models.positions import TokenLayout, token_layout
 
 log = logging.getLogger(__name__)
@@ -29,8 +30,8 @@ log = logging.getLogger(__name__)
 class ForwardPlan:
     layout: TokenLayout
     attention: AttentionPlan
-    text_order: torch.Tensor  # int64 [B, L_t] on the model device: pads first
-    rope: torch.Tensor | None  # complex64 [L, D/2]
+    text_order: torch.Tensor  # int64 [B, L_t'] on the model device: pads first, shared pads dropped
+    rope: torch.Tensor | None  # float32 [L, D/2, 2] (cos, sin)
     pos_embed: torch.Tensor | None  # additive image-token embedding [N, D] (mmdit), model dtype
 
 
@@ -43,6 +44,16 @@ class PyramidDiTBase(nn.Module):
         self.merge_tokens = merge_tokens
         self.plan_cache = PlanCache()
         self._mask_reader = HostMaskReader()
+        self.runners = BlockRunners.eager()
+
+    def compile_blocks(self, enabled: bool = True, **options: object) -> None:
+        """Run the transformer blocks under `torch.compile` (exact up to floating-point reassociation by the
+        fused kernels). The first forward of each block kind compiles; see `BlockRunners.compiled_with`."""
+        self.runners = BlockRunners.compiled_with(**options) if enabled else BlockRunners.eager()
+
+    @property
+    def compiled(self) -> bool:
+        return self.runners.compiled
 
     def set_attention_backend(self, backend: Backend) -> None:
         if backend not in ("prefix", "dense"):
@@ -107,7 +118,11 @@ class PyramidDiTBase(nn.Module):
     ) -> ForwardPlan:
         layout = token_layout(shapes)
         order, pads = text_order(valid)
-        text_len = valid.shape[1]
+        # Padding is isolated (a pad token attends to pads only, and nothing else attends to it), so text
+        # pads never reach an image token: the pads every row has are dropped from the sequence (exact).
+        drop = min(min(pads), valid.shape[1] - 1)
+        order, pads = order[:, drop:], tuple(p - drop for p in pads)
+        text_len = valid.shape[1] - drop
         attention = build_attention_plan(pads, text_len, layout.frame_tokens, device, merge_tokens=self.merge_tokens)
         rope, pos = self._position_tables(layout, text_len, device, dtype)
         log.debug(
@@ -117,11 +132,11 @@ class PyramidDiTBase(nn.Module):
         return ForwardPlan(layout, attention, order.to(device), rope, pos)
 
     def context(self, plan: ForwardPlan) -> AttnContext:
-        return AttnContext(plan.attention, plan.rope, self.attention_backend)
+        return AttnContext(plan.attention, plan.rope, self.attention_backend, self.runners.compiled)
 
     @staticmethod
     def reorder_text(x: torch.Tensor, plan: ForwardPlan) -> torch.Tensor:
-        """Gather text tokens [B, L_t, F] into the plan's pads-first order."""
+        """Gather text tokens [B, L_t, F] into the plan's pads-first order, without the shared pads."""
         idx = plan.text_order
         return torch.gather(x, 1, idx[:, :, None].expand(-1, -1, x.shape[-1]))
 

@@ -12,16 +12,18 @@ import logging
 import torch
 from diffusers.models.embeddings import CombinedTimestepTextProjEmbeddings
 from diffusers.models.normalization import AdaLayerNormContinuous
-from diffusers.models.transformers.transformer_flux import FluxSingleTransformerBlock, FluxTransformerBlock
+from diffusers.models.transformers.transformer_flux import FluxTransformerBlock
 from torch import nn
 
 from generation.models.attention import DEFAULT_MERGE_TOKENS, Backend, PyramidAttnProcessor
+from generation.models.blocks import JoinedSingleBlock
 from generation.models.dit_base import PyramidDiTBase
 from generation.models.dit_config import FluxDiTConfig, ModelName
 from generation.models.positions import (
     TokenLayout,
     flux_image_positions,
     pack_patches,
+    rope_cos_sin,
     rope_table,
     unpack_patches,
 )
@@ -51,7 +53,7 @@ class PyramidFluxDiT(PyramidDiTBase):
             [FluxTransformerBlock(dim, heads, head_dim) for _ in range(config.num_layers)]
         )
         self.single_transformer_blocks = nn.ModuleList(
-            [FluxSingleTransformerBlock(dim, heads, head_dim) for _ in range(config.num_single_layers)]
+            [JoinedSingleBlock(dim, heads, head_dim) for _ in range(config.num_single_layers)]
         )
         self.norm_out = AdaLayerNormContinuous(dim, dim, elementwise_affine=False, eps=1e-6)
         self.proj_out = nn.Linear(dim, config.patch_size * config.patch_size * out_channels)
@@ -64,7 +66,7 @@ class PyramidFluxDiT(PyramidDiTBase):
         self, layout: TokenLayout, text_len: int, device: torch.device, dtype: torch.dtype
     ) -> tuple[torch.Tensor | None, torch.Tensor | None]:
         table = rope_table(flux_image_positions(layout), self.config.axes_dims_rope, self.config.rope_theta, text_len)
-        return table.to(device), None
+        return rope_cos_sin(table).to(device), None
 
     def forward(
         self,
@@ -90,10 +92,13 @@ class PyramidFluxDiT(PyramidDiTBase):
         )
 
         kwargs = {"ctx": self.context(plan)}
+        run = self.runners
         for block in self.transformer_blocks:
-            text, hidden = block(hidden, text, temb, joint_attention_kwargs=kwargs)
+            text, hidden = run.joint(block, hidden, text, temb, kwargs)
+        joined = torch.cat([text, hidden], dim=1)
         for block in self.single_transformer_blocks:
-            text, hidden = block(hidden, text, temb, joint_attention_kwargs=kwargs)
+            joined = run.single(block, joined, temb, kwargs)
+        hidden = joined[:, text.shape[1] :]
 
         t, h, w = plan.layout.clip_shapes[-1]
         hidden = hidden[:, -plan.layout.last_clip_tokens :]

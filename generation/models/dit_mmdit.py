@@ -23,6 +23,7 @@ from generation.models.dit_config import MMDiTConfig, ModelName
 from generation.models.positions import (
     PATCH,
     TokenLayout,
+    rope_cos_sin,
     rope_table,
     sd3_sincos_table,
     sincos_image_embedding,
@@ -116,7 +117,7 @@ class PyramidMMDiT(PyramidDiTBase):
         rope = rope_table(temporal_positions(layout), [cfg.attention_head_dim], cfg.rope_theta, text_len)
         with torch.no_grad():
             pos = sincos_image_embedding(self.pos_embed.pos_embed, cfg.pos_embed_max_size, layout).to(dtype)
-        return rope.to(device), pos
+        return rope_cos_sin(rope).to(device), pos
 
     def forward(
         self,
@@ -143,8 +144,9 @@ class PyramidMMDiT(PyramidDiTBase):
         )
 
         kwargs = {"ctx": self.context(plan)}
+        run = self.runners
         for block in self.transformer_blocks:
-            text, hidden = block(hidden, text, temb, joint_attention_kwargs=kwargs)
+            text, hidden = run.joint(block, hidden, text, temb, kwargs)
 
         t, h, w = plan.layout.clip_shapes[-1]
         hidden = hidden[:, -plan.layout.last_clip_tokens :]

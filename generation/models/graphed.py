@@ -12,6 +12,7 @@ Anything else (CPU tensors, grad enabled) runs eagerly.
 from __future__ import annotations
 
 import logging
+import weakref
 from collections import OrderedDict
 from collections.abc import Hashable
 from dataclasses import dataclass
@@ -40,6 +41,21 @@ class _Captured:
     timestep: torch.Tensor
     out: torch.Tensor
     plan: Any  # the DiT forward plan the graph reads (rope tables, masks): kept alive with the graph
+    # What each static clip last received: (source, its version counter). History clips are the same
+    # tensors at every step of a (unit, stage), so they are copied once, not at every replay.
+    last: list[tuple[weakref.ref[torch.Tensor], int] | None]
+
+
+def _copy_if_changed(cap: _Captured, clips: list[torch.Tensor]) -> int:
+    copied = 0
+    for i, (dst, src) in enumerate(zip(cap.clips, clips, strict=True)):
+        seen = cap.last[i]
+        if seen is not None and seen[0]() is src and src._version == seen[1]:
+            continue
+        dst.copy_(src)
+        cap.last[i] = (weakref.ref(src), src._version)
+        copied += 1
+    return copied
 
 
 class GraphedDiT(nn.Module):
@@ -96,8 +112,7 @@ class GraphedDiT(nn.Module):
             cap = self._capture(key, *args)
         else:
             self._graphs.move_to_end(key)
-        for dst, src in zip(cap.clips, clips, strict=True):
-            dst.copy_(src)
+        _copy_if_changed(cap, clips)
         cap.text.copy_(encoder_hidden_states)
         cap.pooled.copy_(pooled_projections)
         cap.timestep.copy_(timestep)
@@ -119,7 +134,9 @@ class GraphedDiT(nn.Module):
         if self.dit.attention_backend == "dense":
             plan.attention.dense_mask()
         with sdpa_kernel(GRAPH_SAFE_SDPA):
-            if not self._warm:  # library handles / workspaces are created by one eager run first
+            # Library handles / workspaces are created by one eager run first. Compiled blocks get one per
+            # layout: a first launch may compile or autotune a kernel, which cannot happen under capture.
+            if not self._warm or getattr(self.dit, "compiled", False):
                 stream = torch.cuda.Stream()
                 stream.wait_stream(torch.cuda.current_stream())
                 with torch.cuda.stream(stream):
@@ -131,7 +148,7 @@ class GraphedDiT(nn.Module):
                 out = self.dit(s_clips, s_text, mask, s_pooled, s_t)
         if self._pool is None:
             self._pool = graph.pool()
-        cap = _Captured(graph, s_clips, s_text, s_pooled, s_t, out, plan)
+        cap = _Captured(graph, s_clips, s_text, s_pooled, s_t, out, plan, [None] * len(s_clips))
         self._graphs[key] = cap
         while len(self._graphs) > self.max_graphs:
             self._graphs.popitem(last=False)

@@ -130,10 +130,21 @@ def rope_table(
     return torch.complex(torch.cos(angles).to(torch.float32), torch.sin(angles).to(torch.float32))
 
 
-def apply_rope(x: torch.Tensor, table: torch.Tensor) -> torch.Tensor:
-    """Rotate adjacent pairs (2m, 2m+1) of the last dim of x [B, H, L, D] by table [L, D/2] in fp32."""
-    xc = torch.view_as_complex(x.float().reshape(*x.shape[:-1], -1, 2))
-    return torch.view_as_real(xc * table).flatten(-2).to(x.dtype)
+def rope_cos_sin(table: torch.Tensor) -> torch.Tensor:
+    """The complex rotation table [L, D/2] as real (cos, sin) pairs, float32 [L, D/2, 2]."""
+    return torch.view_as_real(table.to(torch.complex64)).contiguous()
+
+
+def apply_rope(x: torch.Tensor, cos_sin: torch.Tensor) -> torch.Tensor:
+    """Rotate adjacent pairs (2m, 2m+1) of the last dim of x [B, H, L, D] by cos_sin [L, D/2, 2] in fp32.
+
+    The complex product written out in real arithmetic (x0·c − x1·s, x0·s + x1·c), so that a compiled
+    block can fuse it with the casts around it (Inductor does not generate code for complex ops).
+    """
+    xf = x.float().reshape(*x.shape[:-1], -1, 2)
+    x0, x1 = xf[..., 0], xf[..., 1]
+    c, s = cos_sin[..., 0], cos_sin[..., 1]
+    return torch.stack([x0 * c - x1 * s, x0 * s + x1 * c], dim=-1).flatten(-2).to(x.dtype)
 
 
 def sd3_sincos_table(max_size: int, dim: int, base_size: int) -> torch.Tensor:

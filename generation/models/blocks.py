@@ -1,0 +1,90 @@
+"""How the DiTs call their transformer blocks, eagerly or under `torch.compile`.
+
+The blocks are diffusers modules (checkpoint names and shapes); these functions are the one place that
+calls them, so compiling a DiT means swapping these functions for compiled ones (`BlockRunners`).
+
+* `run_joint_block`: a two-stream block (FLUX double block, SD3 joint block): (text, image) in and out.
+* `run_single_block`: a FLUX single-stream block (`JoinedSingleBlock`) on the joined ``[text; image]``
+  sequence. The joined sequence is kept across all single blocks (diffusers joins and splits it inside
+  every block: one copy of the whole residual stream per block); the arithmetic is the block's own.
+
+Blocks are always called as modules, so hooks on them (the sequential offload's block streaming) run.
+
+Compiled with ``dynamic=True`` the sequence length is symbolic, and attention is left out of the traced
+graph (`generation.models.attention`), so one compiled graph serves every (unit, stage) layout.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from diffusers.models.transformers.transformer_flux import FluxSingleTransformerBlock
+from torch import nn
+
+log = logging.getLogger(__name__)
+
+
+def run_joint_block(
+    block: nn.Module, hidden: torch.Tensor, text: torch.Tensor, temb: torch.Tensor, kwargs: dict[str, Any]
+) -> tuple[torch.Tensor, torch.Tensor]:
+    return block(hidden, text, temb, joint_attention_kwargs=kwargs)
+
+
+class JoinedSingleBlock(FluxSingleTransformerBlock):
+    """diffusers' FLUX single-stream block (same parameters and names) working on the joined sequence."""
+
+    def forward(  # type: ignore[override]
+        self, x: torch.Tensor, temb: torch.Tensor, attention_kwargs: dict[str, Any]
+    ) -> torch.Tensor:
+        """x: [B, L_t + N, D] → the same after the block."""
+        normed, gate = self.norm(x, emb=temb)
+        mlp = self.act_mlp(self.proj_mlp(normed))
+        attn = self.attn(hidden_states=normed, **attention_kwargs)
+        out = x + gate.unsqueeze(1) * self.proj_out(torch.cat([attn, mlp], dim=2))
+        if out.dtype == torch.float16:
+            out = out.clip(-65504, 65504)
+        return out
+
+
+def run_single_block(block: nn.Module, x: torch.Tensor, temb: torch.Tensor, kwargs: dict[str, Any]) -> torch.Tensor:
+    return block(x, temb, kwargs)
+
+
+JointFn = Callable[[nn.Module, torch.Tensor, torch.Tensor, torch.Tensor, dict[str, Any]],
+                   tuple[torch.Tensor, torch.Tensor]]  # fmt: skip
+SingleFn = Callable[[nn.Module, torch.Tensor, torch.Tensor, dict[str, Any]], torch.Tensor]
+
+
+@dataclass(frozen=True, slots=True)
+class BlockRunners:
+    joint: JointFn = run_joint_block
+    single: SingleFn = run_single_block
+    compiled: bool = False
+
+    @staticmethod
+    def eager() -> BlockRunners:
+        return BlockRunners()
+
+    @staticmethod
+    def compiled_with(**options: Any) -> BlockRunners:
+        """`torch.compile`d runners (dynamic shapes; default mode, since the caller replays CUDA graphs).
+
+        Compilation itself happens on the first call of each block kind (tens of seconds, cached on disk by
+        Inductor); the caller must make that first call outside CUDA-graph capture.
+        """
+        import torch._dynamo
+
+        # One entry per block kind and per graph-break piece (attention splits each block in two); the
+        # default limit of 8 is shared by every model compiled in the process.
+        torch._dynamo.config.cache_size_limit = max(torch._dynamo.config.cache_size_limit, 64)
+        torch._dynamo.config.accumulated_cache_size_limit = max(
+            torch._dynamo.config.accumulated_cache_size_limit, 512
+        )
+        opts = {"dynamic": True, **options}
+        log.info("DiT blocks will run under torch.compile (%s)", opts)
+        return BlockRunners(joint=torch.compile(run_joint_block, **opts),
+                            single=torch.compile(run_single_block, **opts), compiled=True)  # fmt: skip

@@ -1,0 +1,107 @@
+"""The DiT's exact speed-ups on the CPU: shared text pads dropped, blocks under torch.compile, and the
+CUDA-graph wrapper's copy of unchanged inputs skipped. (Their GPU timings are in benchmarks/RESULTS.md.)"""
+
+from __future__ import annotations
+
+import torch
+import torch._dynamo
+from torch._dynamo.utils import counters
+
+from generation.models import build_dit
+from generation.models.graphed import _Captured, _copy_if_changed
+
+LAYOUTS = [  # (t, h, w) of the clips: first frame, unit 1 stage 0, unit 2 stage 2 (the sampler's shapes)
+    [(1, 4, 8)],
+    [(1, 2, 4), (1, 2, 4)],
+    [(1, 2, 4), (1, 4, 8), (1, 8, 16), (1, 8, 16)],
+]
+
+
+def _tiny(name: str) -> torch.nn.Module:
+    torch.manual_seed(0)
+    if name == "pyramid_flux":
+        cfg = {"num_layers": 1, "num_single_layers": 2, "attention_head_dim": 16, "num_attention_heads": 2,
+               "axes_dims_rope": [4, 6, 6], "joint_attention_dim": 12, "pooled_projection_dim": 8}
+    else:
+        cfg = {"num_layers": 2, "attention_head_dim": 16, "num_attention_heads": 2, "caption_projection_dim": 32,
+               "joint_attention_dim": 12, "pooled_projection_dim": 8, "pos_embed_max_size": 24, "sample_size": 32}
+    model = build_dit(name, cfg).eval().requires_grad_(False)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.normal_(0.0, 0.2)
+    return model
+
+
+def _inputs(shapes, valid=(5, 3), text_len=9, seed=1):
+    g = torch.Generator().manual_seed(seed)
+    b = len(valid)
+    clips = [torch.randn(b, 16, t, h, w, generator=g) for t, h, w in shapes]
+    text = torch.randn(b, text_len, 12, generator=g)
+    mask = torch.zeros(b, text_len, dtype=torch.int64)
+    for i, n in enumerate(valid):
+        mask[i, :n] = 1
+    return clips, text, mask, torch.randn(b, 8, generator=g), torch.tensor([700.0, 700.0])
+
+
+def test_shared_text_pads_are_dropped_and_change_nothing() -> None:
+    for name in ("pyramid_flux", "pyramid_mmdit"):
+        model = _tiny(name)
+        clips, text, mask, pooled, t = _inputs(LAYOUTS[2])
+        plan = model.forward_plan(clips, mask)
+        assert plan.attention.text_len == 5  # 9 tokens, rows with 5 and 3 valid: the 4 shared pads are gone
+        assert plan.attention.pad_counts == (0, 2)
+        # 20 more pad positions (the T5 length 128 vs a short prompt) give the same velocity
+        long_text = torch.cat([text, torch.randn(2, 20, 12)], dim=1)
+        long_mask = torch.cat([mask, torch.zeros(2, 20, dtype=mask.dtype)], dim=1)
+        with torch.no_grad():
+            short = model(clips, text, mask, pooled, t)
+            longer = model(clips, long_text, long_mask, pooled, t)
+        assert short.abs().max() > 0.1
+        torch.testing.assert_close(longer, short, atol=1e-6, rtol=1e-6)
+
+
+def _compiled_matches_eager(name: str, backend: str, atol: float) -> None:
+    model = _tiny(name)
+    cases = [_inputs(shapes, seed=i) for i, shapes in enumerate(LAYOUTS)]
+    with torch.no_grad():
+        eager = [model(*c) for c in cases]
+        model.compile_blocks(backend=backend)
+        assert model.compiled
+        counters.clear()
+        first = model(*cases[0])
+        graphs = counters["stats"]["unique_graphs"]
+        rest = [model(*c) for c in cases[1:]]
+    assert graphs > 0
+    # every later layout (other sequence lengths, other attention plans) reuses the compiled graphs
+    assert counters["stats"]["unique_graphs"] == graphs, dict(counters["recompiles"])
+    for out, ref in zip([first, *rest], eager, strict=True):
+        torch.testing.assert_close(out, ref, atol=atol, rtol=1e-5)
+    model.compile_blocks(False)
+    assert not model.compiled
+
+
+def test_compiled_flux_blocks_match_eager_inductor() -> None:
+    torch._dynamo.reset()
+    _compiled_matches_eager("pyramid_flux", "inductor", atol=1e-5)  # fused C++ kernels: rounding only
+
+
+def test_compiled_mmdit_blocks_match_eager_bitwise_without_codegen() -> None:
+    torch._dynamo.reset()
+    _compiled_matches_eager("pyramid_mmdit", "aot_eager", atol=0.0)  # same graph pieces, same kernels
+
+
+def test_graph_inputs_copied_only_when_the_source_changed() -> None:
+    static = [torch.zeros(2, 3), torch.zeros(2, 3)]
+    cap = _Captured(graph=None, clips=static, text=torch.zeros(1), pooled=torch.zeros(1),  # type: ignore[arg-type]
+                    timestep=torch.zeros(1), out=torch.zeros(1), plan=None, last=[None, None])
+    history, current = torch.ones(2, 3), torch.full((2, 3), 2.0)
+    assert _copy_if_changed(cap, [history, current]) == 2
+    assert torch.equal(static[0], history) and torch.equal(static[1], current)
+    current2 = torch.full((2, 3), 3.0)  # next step: the same history tensor, a new current latent
+    assert _copy_if_changed(cap, [history, current2]) == 1
+    assert torch.equal(static[1], current2)
+    history.add_(1.0)  # an in-place change is seen through the version counter
+    assert _copy_if_changed(cap, [history, current2]) == 1
+    assert torch.equal(static[0], history)
+    fresh = history.clone()  # another tensor with equal values is still copied (identity, not values)
+    assert _copy_if_changed(cap, [fresh, current2]) == 1
