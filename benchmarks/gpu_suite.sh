@@ -1,26 +1,40 @@
 #!/usr/bin/env bash
-# One device call: parity on the GPU, fast-vs-plain equality, and the SPEC §11.1 timing runs.
-# Usage (on the GPU machine, repo root): bash benchmarks/gpu_suite.sh OUT_DIR [part]
-# part: 384 (default) | 768 | caps. Each step has its own time limit so one failure keeps the rest.
+# The GPU figures of benchmarks/RESULTS.md, in two device calls of under 10 minutes each.
+# Usage (on the GPU machine, repo root): bash benchmarks/gpu_suite.sh OUT_DIR [speed|more|caps|768]
+#   speed: smoke checks, miniflux 384p fast path (+ per-call DiT times), the same without compile and
+#          without streaming (separate sampling / decode peaks), the 8 GiB and 4.5 GiB caps
+#   more:  sd3 384p fast path, miniflux 768p temp=31, fast-vs-plain equality
+# Each step has its own time limit, so one failure keeps the rest. The first fast step tries torch.compile
+# (and runs eagerly if it cannot compile here); later steps compile only if that worked.
 set -u
-out="${1:-/tmp/bench}"; part="${2:-384}"; mkdir -p "$out"
+out="${1:-/tmp/bench}"; part="${2:-speed}"; mkdir -p "$out"
 py="${PYTHON:-python3}"
-step() { local name="$1" limit="$2"; shift 2; echo "== $name"; timeout "$limit" "$py" -m generation.bench "$@" 2>&1 | tee "$out/$name.log" | grep -v "^\s*$" | tail -n 12; }
+step() { local name="$1" limit="$2"; shift 2; echo "== $name ($(date +%T))"; timeout "$limit" "$py" -m generation.bench "$@" 2>&1 | tee "$out/$name.log" | grep -v "^\s*$" | grep -v Warning | tail -n 14; }
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader | tee "$out/gpu.txt"
-"$py" -c "import torch; print('torch', torch.__version__)" | tee -a "$out/gpu.txt"
+"$py" -c "import torch; print('torch', torch.__version__, 'cuda', torch.version.cuda)" | tee -a "$out/gpu.txt"
+"$py" -c "import triton; print('triton', triton.__version__)" 2>&1 | tail -1 | tee -a "$out/gpu.txt"
+( command -v gcc || command -v cc || echo "no C compiler" ) | tee -a "$out/gpu.txt"
+compile_ok() { grep -q '"compiled": true' "$out"/*fast*.log 2>/dev/null; }  # the 1st fast step tries it
+fast() { if compile_ok; then echo "--compile"; fi; }
 case "$part" in
-384)
-  step parity 90 parity
-  step equal 150 equal --temp 3
-  step flux384_graphs_stream 150 full --model pyramid_flux --graphs --stream --repeat 2
-  step flux384_eager 120 full --model pyramid_flux --stream --repeat 1
-  step mmdit384_graphs_stream 150 full --model pyramid_mmdit --graphs --stream --repeat 2
+speed)
+  step tiny 90 tiny
+  step flux384_fast 180 full --model pyramid_flux --graphs --stream --side-stream --planner --per-call --repeat 3 --compile
+  step flux384_cap8_planner 80 full --model pyramid_flux --graphs --stream --side-stream --planner --mem-cap-gib 8 --repeat 2 $(fast)
+  step flux384_cap4p5_planner 150 full --model pyramid_flux --graphs --stream --planner --mem-cap-gib 4.5 --repeat 1
+  step flux384_graphs_nostream 70 full --model pyramid_flux --graphs --repeat 2
+  step flux384_cap8_gpu 70 full --model pyramid_flux --graphs --stream --side-stream --mem-cap-gib 8 --repeat 2 $(fast)
+  ;;
+more)
+  step mmdit384_fast 150 full --model pyramid_mmdit --graphs --stream --side-stream --planner --per-call --repeat 3 --compile
+  step flux768_t31_fast 330 full --model pyramid_flux --variant 768p --temp 31 --graphs --stream --side-stream --planner --per-call --repeat 1 $(fast)
+  step equal 110 equal --models pyramid_flux --temp 3 $(fast)
+  ;;
+caps)
+  step flux384_cap8_planner 120 full --model pyramid_flux --graphs --stream --side-stream --planner --mem-cap-gib 8 --repeat 2 $(fast)
+  step flux384_cap4p5_planner 300 full --model pyramid_flux --graphs --stream --planner --mem-cap-gib 4.5 --repeat 1
   ;;
 768)
-  step flux768_t31_graphs_stream 420 full --model pyramid_flux --variant 768p --temp 31 --graphs --stream --repeat 1
-  ;;
-caps)  # written after the last GPU call of 2026-12-01: not run yet
-  step flux384_cap8 200 full --model pyramid_flux --graphs --stream --repeat 2 --mem-cap-gib 8 --planner
-  step flux384_cap4p5 400 full --model pyramid_flux --graphs --stream --repeat 1 --mem-cap-gib 4.5 --planner
+  step flux768_t31_fast 420 full --model pyramid_flux --variant 768p --temp 31 --graphs --stream --side-stream --planner --per-call --repeat 1 $(fast)
   ;;
 esac

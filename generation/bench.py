@@ -78,25 +78,45 @@ class _Timer:
 
 
 def cmd_tiny(args: argparse.Namespace) -> int:
+    """The tiny pipeline on the accelerator in bf16: every placement gives the same frames; the streamed decode
+    on a side stream gives the main stream's frames; compiled DiT blocks stay within bf16 rounding."""
     from generation.api import GenerationRequest
     from generation.pipeline import PyramidFlowGenerator, build_components
     from generation.sampling.noise import GeneratorNoise
     from generation.settings import GenerationSettings
 
+    req = GenerationRequest(prompt="a red panda", temp=4, num_inference_steps=(3, 3, 3),
+                            video_num_inference_steps=(2, 2, 2))
+    variants: dict[str, dict] = {
+        "gpu": {"placement": "gpu", "vae_tiling": True},
+        "model_offload": {"placement": "model_offload", "vae_tiling": True},
+        "sequential_offload": {"placement": "sequential_offload", "vae_tiling": True},
+        "gpu_stream_main": {"placement": "gpu", "vae_tiling": True, "stream_decode": True, "decode_side_stream": False},
+        "gpu_stream_side": {"placement": "gpu", "vae_tiling": True, "stream_decode": True, "decode_side_stream": True},
+    }
+    if args.compile:
+        variants["gpu_stream_side_compiled"] = {"placement": "gpu", "vae_tiling": True, "stream_decode": True,
+                                                "compile_dit": True}  # fmt: skip
     frames = {}
-    for placement in ("gpu", "model_offload", "sequential_offload"):
-        s = GenerationSettings(device=args.device, dtype="bf16", placement=placement)
+    for name, over in variants.items():
+        s = GenerationSettings(device=args.device, dtype="bf16", **over)
         g = PyramidFlowGenerator(build_components(s), s)
-        job = g.validate(GenerationRequest(prompt="a red panda", temp=4, num_inference_steps=(3, 3, 3),
-                                           video_num_inference_steps=(2, 2, 2)))
-        t = time.perf_counter()
-        f, timings = g.render(job, noise=GeneratorNoise(1))
-        _sync()
-        frames[placement] = f
-        print(f"tiny {placement}: {f.shape} {time.perf_counter() - t:.2f}s {timings}")
-    ok = all(np.array_equal(frames["gpu"], v) for v in frames.values())
+        job = g.validate(req)
+        for rep in range(2):  # the 2nd run replays the captured graphs
+            t = time.perf_counter()
+            f, timings = g.render(job, noise=GeneratorNoise(1))
+            _sync()
+            print(f"tiny {name} run {rep}: {f.shape} {time.perf_counter() - t:.2f}s {timings}", flush=True)
+        frames[name] = f
+    ok = all(np.array_equal(frames["gpu"], frames[k]) for k in ("model_offload", "sequential_offload"))
     print("placements equal:", ok)
-    return 0 if ok else 1
+    stream_ok = np.array_equal(frames["gpu_stream_main"], frames["gpu_stream_side"])
+    print("side-stream decode equals main-stream decode:", stream_ok)
+    if "gpu_stream_side_compiled" in frames:
+        d = np.abs(frames["gpu_stream_side_compiled"].astype(np.int16) - frames["gpu_stream_side"].astype(np.int16))
+        print(json.dumps({"check": "tiny_compiled_vs_eager_frames", "max_abs": int(d.max()),
+                          "mean_abs": float(d.mean()), "frac_diff": float((d > 0).mean())}))
+    return 0 if ok and stream_ok else 1
 
 
 def cmd_parity(args: argparse.Namespace) -> int:
@@ -166,16 +186,29 @@ def cmd_full(args: argparse.Namespace) -> int:
         args.stream = args.stream and plan.stream_decode
     if args.untiled:
         tile = None
+    use = pm.use if pm is not None else (lambda *_m: contextlib.nullcontext())
     _sync()
     print(f"built random {args.model} + VAE on {device} in {time.perf_counter() - t:.1f}s")
-    if args.compile:
+    w, h = (640, 384) if args.variant == "384p" else (1280, 768)
+    text = _random_text(args.model, device, dtype, dit.config if args.tiny_models else None)
+    compile_s = 0.0
+    if args.compile:  # compile now (one first-frame forward), so the timed runs hold no compilation
+        t = time.perf_counter()
         dit.compile_blocks()
+        try:
+            with torch.no_grad(), use(dit):
+                probe = torch.zeros(2, 16, 1, h // 32, w // 32, device=device, dtype=dtype)
+                dit([probe], text.prompt_embeds, text.attention_mask, text.pooled,
+                    torch.full((2,), 999.0, device=device, dtype=dtype))
+            _sync()
+        except Exception as e:  # noqa: BLE001 — report and go on eagerly (no Triton / no C compiler here)
+            print(f"compile failed, running eagerly: {type(e).__name__}: {str(e)[:400]}")
+            dit.compile_blocks(False)
+        compile_s = time.perf_counter() - t
+        print(json.dumps({"bench": "compile", "compiled": dit.compiled, "compile_s": round(compile_s, 1)}), flush=True)
     model = GraphedDiT(dit) if args.graphs else dit
     per_call = PerCallTimer(model, full_height=h_latent(args.variant), cuda=device.type == "cuda") if args.per_call else None
     weights = mem.allocated()
-    use = pm.use if pm is not None else (lambda *_m: contextlib.nullcontext())
-    w, h = (640, 384) if args.variant == "384p" else (1280, 768)
-    text = _random_text(args.model, device, dtype, dit.config if args.tiny_models else None)
     opts = SamplerOptions(first_frame_steps=(20, 20, 20), video_steps=(10, 10, 10), guidance_scale=7.0,
                           video_guidance_scale=5.0)
     norm = latent_norm(args.model)
@@ -213,7 +246,7 @@ def cmd_full(args: argparse.Namespace) -> int:
               f"frames {frames.shape} peak {peak:.2f} GiB (sampling {peak_sampling:.2f}, final decode "
               f"{peak_decode:.2f}, weights {weights:.2f}) finite={bool(torch.isfinite(lat).all())}")
         print(json.dumps({"bench": "full", "model": args.model, "variant": args.variant, "temp": args.temp,
-                          "graphs": args.graphs, "compile": args.compile, "stream": args.stream,
+                          "graphs": args.graphs, "compile": dit.compiled, "stream": args.stream,
                           "side_stream": args.side_stream, "decode_tile": tile,
                           "attention": args.attention, "mem_cap_gib": args.mem_cap_gib, "rep": rep,
                           "placement": pm.placement.value if pm is not None else "gpu",
@@ -458,6 +491,8 @@ def main(argv: list[str] | None = None) -> int:
             p.add_argument("--planner", action="store_true",
                            help="place the models as the memory planner decides for the free memory / --mem-cap-gib")
             p.add_argument("--mem-cap-gib", type=float, default=0.0, help="cap the CUDA allocator (simulate a small card)")
+        if name == "tiny":
+            p.add_argument("--compile", action="store_true", help="also run with compiled DiT blocks")
         if name == "profile":
             p.add_argument("--model", default="pyramid_flux", choices=["pyramid_flux", "pyramid_mmdit"])
             p.add_argument("--temp", type=int, default=6)
