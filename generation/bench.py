@@ -93,6 +93,8 @@ def cmd_tiny(args: argparse.Namespace) -> int:
         "sequential_offload": {"placement": "sequential_offload", "vae_tiling": True},
         "gpu_stream_main": {"placement": "gpu", "vae_tiling": True, "stream_decode": True, "decode_side_stream": False},
         "gpu_stream_side": {"placement": "gpu", "vae_tiling": True, "stream_decode": True, "decode_side_stream": True},
+        "sequential_offload_graphs": {"placement": "sequential_offload", "vae_tiling": True,
+                                      "offload_cuda_graphs": True},
     }
     if args.compile:
         variants["gpu_stream_side_compiled"] = {"placement": "gpu", "vae_tiling": True, "stream_decode": True,
@@ -108,7 +110,8 @@ def cmd_tiny(args: argparse.Namespace) -> int:
             _sync()
             print(f"tiny {name} run {rep}: {f.shape} {time.perf_counter() - t:.2f}s {timings}", flush=True)
         frames[name] = f
-    ok = all(np.array_equal(frames["gpu"], frames[k]) for k in ("model_offload", "sequential_offload"))
+    ok = all(np.array_equal(frames["gpu"], frames[k])
+             for k in ("model_offload", "sequential_offload", "sequential_offload_graphs"))
     print("placements equal:", ok)
     stream_ok = np.array_equal(frames["gpu_stream_main"], frames["gpu_stream_side"])
     print("side-stream decode equals main-stream decode:", stream_ok)
@@ -182,7 +185,9 @@ def cmd_full(args: argparse.Namespace) -> int:
         pm.prepare(streamed=[dit], swapped=[vae])
         tile = plan.decode_tile
         resident = plan.placement in (Placement.GPU, Placement.TEXT_OFFLOAD)
-        args.graphs = args.graphs and resident
+        streamed = plan.placement is Placement.SEQUENTIAL_OFFLOAD and args.offload_graphs
+        args.graphs = args.graphs and (resident or streamed)
+        args.compile = args.compile and resident
         args.stream = args.stream and plan.stream_decode
     if args.untiled:
         tile = None
@@ -486,6 +491,8 @@ def main(argv: list[str] | None = None) -> int:
             p.add_argument("--compile", action="store_true", help="run the DiT blocks under torch.compile")
             p.add_argument("--tiny-models", action="store_true", help="dry run with the tiny models (no GPU needed)")
             p.add_argument("--side-stream", action="store_true", help="streamed decode on its own CUDA stream")
+            p.add_argument("--offload-graphs", action="store_true",
+                           help="with --planner: CUDA graphs also under sequential offload (uploads captured)")
             p.add_argument("--per-call", action="store_true",
                            help="time every DiT forward of the last run (CUDA events), by unit and stage")
             p.add_argument("--planner", action="store_true",

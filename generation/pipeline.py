@@ -107,7 +107,8 @@ class PyramidFlowGenerator:
         streamed = [c.dit] + (c.text.encoder.modules() if c.text else [])
         placement.prepare(streamed=streamed, swapped=[c.vae])
         resident_dit = placement.placement in (Placement.GPU, Placement.TEXT_OFFLOAD)
-        use_graphs = self.settings.cuda_graphs and resident_dit and placement.device.type == "cuda"
+        streamed_dit = placement.placement is Placement.SEQUENTIAL_OFFLOAD and self.settings.offload_cuda_graphs
+        use_graphs = self.settings.cuda_graphs and (resident_dit or streamed_dit) and placement.device.type == "cuda"
         if self.settings.compile_dit and hasattr(c.dit, "compile_blocks") and not c.dit.compiled:
             c.dit.compile_blocks()
         self.dit: torch.nn.Module = GraphedDiT(c.dit) if use_graphs else c.dit
@@ -133,6 +134,32 @@ class PyramidFlowGenerator:
         self.plan = self._plan(nxt)
         self._place(PlacementManager(self.plan.placement, self.c.device, resident_blocks=self.plan.resident_blocks))
         return True
+
+    def warm_up(self) -> float:
+        """Compile the DiT blocks (with `compile_dit`) by one small first-frame forward, so the first job does
+        not wait for it. Seconds spent; 0 when there is nothing to compile. A machine that cannot compile
+        (no Triton, no C compiler) is logged and runs eagerly: the worker never fails on it."""
+        dit = self.c.dit
+        if not getattr(dit, "compiled", False):
+            return 0.0
+        t0 = time.perf_counter()
+        cfg, device, dtype = dit.config, self.c.device, self.c.dtype
+        w, h = self.c.size_for(self.c.variant) if self.c.supports(self.c.variant) else self.c.size_for("384p")
+        text_len = 8
+        mask = torch.ones(2, text_len, dtype=torch.long, device=device)
+        mask[0, text_len // 2 :] = 0  # two prompt lengths, as with CFG's negative and positive prompts
+        try:
+            with torch.no_grad(), self.placement.use(dit):
+                dit([torch.zeros(2, 16, 1, h // 32, w // 32, device=device, dtype=dtype)],
+                    torch.zeros(2, text_len, cfg.joint_attention_dim, device=device, dtype=dtype), mask,
+                    torch.zeros(2, cfg.pooled_projection_dim, device=device, dtype=dtype),
+                    torch.full((2,), 999.0, device=device, dtype=dtype))
+        except Exception:
+            log.exception("compiling the DiT blocks failed; running them eagerly")
+            dit.compile_blocks(False)
+        spent = time.perf_counter() - t0
+        log.info("DiT warm-up (torch.compile) took %.1f s, compiled=%s", spent, dit.compiled)
+        return spent
 
     @property
     def label(self) -> str:

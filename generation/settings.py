@@ -38,6 +38,10 @@ class GenerationSettings(BaseModel):
     # run the DiT blocks under torch.compile (fused elementwise kernels; the first video after start-up
     # compiles, tens of seconds, cached on disk by Inductor). Needs a C++ compiler (CPU) or Triton (CUDA).
     compile_dit: bool = False
+    # also replay CUDA graphs under sequential offload: the uploads of the streamed blocks (from pinned host
+    # memory, into the graph's own memory) are captured with the kernels, so a replay re-uploads them and
+    # the host no longer launches every kernel. Off until timed on a GPU (benchmarks/RESULTS.md).
+    offload_cuda_graphs: bool = False
     attention_backend: AttentionBackend = "prefix"  # exact per-time-group attention, or the dense mask
     bit_faithful_bf16: bool = True  # round latents/timesteps to the model dtype like the reference
 

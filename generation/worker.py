@@ -194,6 +194,9 @@ def run_worker(settings: WorkerConfig, worker_id: str, stop: Any) -> None:
     _configure_child_logging()
     queue = open_queue(settings)
     generator = build_worker_generator(settings)
+    warm_up = getattr(generator, "warm_up", None)
+    if callable(warm_up):
+        warm_up()  # compiles before the first claim (a job's lease would otherwise run during compilation)
     log.info("worker %s ready (pid %d, generator %s)", worker_id, os.getpid(), generator.name,
              extra={"worker_id": worker_id})
     runner = JobRunner(queue, generator, settings.worker, worker_id, stop=stop)

@@ -8,6 +8,7 @@ import torch._dynamo
 from torch._dynamo.utils import counters
 
 from generation.models import build_dit
+from generation.models.blocks import BlockRunners
 from generation.models.graphed import _Captured, _copy_if_changed
 
 LAYOUTS = [  # (t, h, w) of the clips: first frame, unit 1 stage 0, unit 2 stage 2 (the sampler's shapes)
@@ -105,3 +106,23 @@ def test_graph_inputs_copied_only_when_the_source_changed() -> None:
     assert torch.equal(static[0], history)
     fresh = history.clone()  # another tensor with equal values is still copied (identity, not values)
     assert _copy_if_changed(cap, [fresh, current2]) == 1
+
+
+def test_generator_warm_up_and_its_fallback_to_eager_when_compiling_fails() -> None:
+    from generation.pipeline import build_generator
+    from generation.settings import GenerationSettings
+
+    plain = build_generator(GenerationSettings())
+    assert plain.warm_up() == 0.0 and not plain.c.dit.compiled  # nothing to compile: no forward at all
+
+    gen = build_generator(GenerationSettings(compile_dit=True))
+    assert gen.c.dit.compiled
+    calls = []
+
+    def broken(*_a, **_k):  # what a machine without Triton / a C compiler raises on the first forward
+        calls.append(1)
+        raise RuntimeError("backend compiler failed")
+
+    gen.c.dit.runners = BlockRunners(joint=broken, single=broken, compiled=True)
+    assert gen.warm_up() >= 0.0
+    assert calls and not gen.c.dit.compiled  # logged, and the blocks run eagerly from now on

@@ -71,6 +71,9 @@ class GenerationActor:
         generation = None if generation is None else GenerationSettings.model_validate(generation)
         self.name = name
         self.generator = build_actor_generator(spec, worker, generation)
+        warm_up = getattr(self.generator, "warm_up", None)
+        if callable(warm_up):
+            warm_up()  # torch.compile before the dispatcher sees the actor as ready
         self.model = model_label(spec, self.generator, generation)
         wanted = spec.variants or list(ALL_VARIANTS)
         self.variants = [v for v in wanted if self.generator.supports(v)]
