@@ -93,6 +93,17 @@ def decode_to_frames(
     return to_uint8_frames(pixels)
 
 
+_DECODE_STREAMS: dict[torch.device, torch.cuda.Stream] = {}
+
+
+def decode_stream(device: torch.device) -> torch.cuda.Stream:
+    """The one side stream per device that streamed decodes run on. One, not one per video: the caching
+    allocator keeps freed memory per stream, so every new stream would hold its own decode working set."""
+    if device not in _DECODE_STREAMS:
+        _DECODE_STREAMS[device] = torch.cuda.Stream(device)
+    return _DECODE_STREAMS[device]
+
+
 class StreamingFrameDecoder:
     """Push each finished model-space latent frame (in order). Decoded frames stay on the device as uint8
     (no host sync inside the sampling loop); `frames()` copies them to the host once at the end.
@@ -112,7 +123,7 @@ class StreamingFrameDecoder:
         if side_stream and torch.cuda.is_available():
             device = next(iter(vae.parameters())).device if isinstance(vae, torch.nn.Module) else None
             if device is not None and device.type == "cuda":
-                self._side = torch.cuda.Stream(device)
+                self._side = decode_stream(device)
         self.chunks: list[torch.Tensor] = []
 
     def _decode(self, latent: torch.Tensor) -> torch.Tensor:

@@ -70,6 +70,7 @@ class GraphedDiT(nn.Module):
         self._graphs: OrderedDict[Hashable, _Captured] = OrderedDict()
         self._pool: Any = None
         self._warm = False
+        self._warm_stream: torch.cuda.Stream | None = None
         self.captures = 0
 
     @property
@@ -137,7 +138,9 @@ class GraphedDiT(nn.Module):
             # Library handles / workspaces are created by one eager run first. Compiled blocks get one per
             # layout: a first launch may compile or autotune a kernel, which cannot happen under capture.
             if not self._warm or getattr(self.dit, "compiled", False):
-                stream = torch.cuda.Stream()
+                if self._warm_stream is None:  # one stream: the allocator caches memory per stream
+                    self._warm_stream = torch.cuda.Stream()
+                stream = self._warm_stream
                 stream.wait_stream(torch.cuda.current_stream())
                 with torch.cuda.stream(stream):
                     self.dit(s_clips, s_text, mask, s_pooled, s_t)
