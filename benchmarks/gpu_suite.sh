@@ -1,13 +1,14 @@
 #!/usr/bin/env bash
-# The GPU figures of benchmarks/RESULTS.md, in two device calls of under 10 minutes each.
-# Usage (on the GPU machine, repo root): bash benchmarks/gpu_suite.sh OUT_DIR [speed|more|caps|768]
+# The GPU figures of benchmarks/RESULTS.md, in device calls of under 10 minutes each (speed and more
+# give every row of the issue-5 table; ab says what each switch is worth).
+# Usage (on the GPU machine, repo root): bash benchmarks/gpu_suite.sh OUT_DIR [speed|more|ab|768]
 #   speed: smoke checks (placements, side-stream decode, graphs under offload), miniflux 384p fast path
 #          (+ per-call DiT times), the 8 GiB and 4.5 GiB caps as planned, 384p without compile and without
 #          streaming (separate sampling / decode peaks)
 #   more:  sd3 384p fast path, miniflux 768p temp=31, fast-vs-plain equality
-#   caps:  the cap variants left out of `speed`
-# Each step has its own time limit, so one failure keeps the rest. The first fast step tries torch.compile
-# (and runs eagerly if it cannot compile here); later steps compile only if that worked.
+#   ab:    one switch off at a time (fusion, compile, side stream) and the cap variants left out of `speed`
+# Each step has its own time limit, so one failure keeps the rest. Steps that compile fall back to eager
+# when this machine cannot compile, and later steps then stop trying.
 set -u
 out="${1:-/tmp/bench}"; part="${2:-speed}"; mkdir -p "$out"
 py="${PYTHON:-python3}"
@@ -16,8 +17,8 @@ nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader | 
 "$py" -c "import torch; print('torch', torch.__version__, 'cuda', torch.version.cuda)" | tee -a "$out/gpu.txt"
 "$py" -c "import triton; print('triton', triton.__version__)" 2>&1 | tail -1 | tee -a "$out/gpu.txt"
 ( command -v gcc || command -v cc || echo "no C compiler" ) | tee -a "$out/gpu.txt"
-compile_ok() { grep -q '"compiled": true' "$out"/*fast*.log 2>/dev/null; }  # the 1st fast step tries it
-fast() { if compile_ok; then echo "--compile"; fi; }
+# --compile unless an earlier step of this call found it cannot compile here (the bench then runs eagerly)
+fast() { if ! grep -q "compile failed" "$out"/*.log 2>/dev/null; then echo "--compile"; fi; }
 case "$part" in
 speed)
   step tiny 90 tiny
@@ -31,10 +32,12 @@ more)
   step flux768_t31_fast 330 full --model pyramid_flux --variant 768p --temp 31 --graphs --stream --side-stream --planner --per-call --repeat 1 $(fast)
   step equal 110 equal --models pyramid_flux --temp 3 $(fast)
   ;;
-caps)  # the cap runs the speed part leaves out: the 8 GiB cap with everything forced onto the GPU, the
-       # 4.5 GiB cap without graphs under offload (the current default)
-  step flux384_cap8_gpu 90 full --model pyramid_flux --graphs --stream --side-stream --mem-cap-gib 8 --repeat 2 --compile
-  step flux384_cap4p5_planner 300 full --model pyramid_flux --graphs --stream --planner --mem-cap-gib 4.5 --repeat 1
+ab)  # what each switch is worth, and the cap variants `speed` leaves out
+  step flux384_nofuse 80 full --model pyramid_flux --graphs --stream --side-stream --planner --repeat 2 --no-fuse $(fast)
+  step flux384_nocompile 80 full --model pyramid_flux --graphs --stream --side-stream --planner --repeat 2
+  step flux384_mainstream 80 full --model pyramid_flux --graphs --stream --planner --repeat 2 $(fast)
+  step flux384_cap8_gpu 90 full --model pyramid_flux --graphs --stream --side-stream --mem-cap-gib 8 --repeat 2 $(fast)
+  step flux384_cap4p5_planner 250 full --model pyramid_flux --graphs --stream --planner --mem-cap-gib 4.5 --repeat 1
   ;;
 768)
   step flux768_t31_fast 420 full --model pyramid_flux --variant 768p --temp 31 --graphs --stream --side-stream --planner --per-call --repeat 1 $(fast)

@@ -110,16 +110,23 @@ def cmd_tiny(args: argparse.Namespace) -> int:
             _sync()
             print(f"tiny {name} run {rep}: {f.shape} {time.perf_counter() - t:.2f}s {timings}", flush=True)
         frames[name] = f
-    ok = all(np.array_equal(frames["gpu"], frames[k])
-             for k in ("model_offload", "sequential_offload", "sequential_offload_graphs"))
-    print("placements equal:", ok)
-    stream_ok = np.array_equal(frames["gpu_stream_main"], frames["gpu_stream_side"])
-    print("side-stream decode equals main-stream decode:", stream_ok)
+    # Same arithmetic → equal frames. The resident placements fuse the input projections (other GEMM
+    # kernels, so bf16 rounding may differ): those are compared with a tolerance and reported.
+    exact = [("model_offload", "sequential_offload"), ("sequential_offload", "sequential_offload_graphs"),
+             ("gpu_stream_main", "gpu_stream_side")]
+    ok = True
+    for a, b in exact:
+        same = bool(np.array_equal(frames[a], frames[b]))
+        ok = ok and same
+        print(f"{a} == {b}: {same}")
+    d = np.abs(frames["gpu"].astype(np.int16) - frames["model_offload"].astype(np.int16))
+    print(json.dumps({"check": "tiny_fused_resident_vs_unfused_offload_frames", "max_abs": int(d.max()),
+                      "mean_abs": float(d.mean()), "frac_diff": float((d > 0).mean())}))
     if "gpu_stream_side_compiled" in frames:
         d = np.abs(frames["gpu_stream_side_compiled"].astype(np.int16) - frames["gpu_stream_side"].astype(np.int16))
         print(json.dumps({"check": "tiny_compiled_vs_eager_frames", "max_abs": int(d.max()),
                           "mean_abs": float(d.mean()), "frac_diff": float((d > 0).mean())}))
-    return 0 if ok and stream_ok else 1
+    return 0 if ok else 1
 
 
 def cmd_parity(args: argparse.Namespace) -> int:
@@ -153,6 +160,8 @@ def _random_text(model_name: str, device: torch.device, dtype: torch.dtype, conf
 def cmd_full(args: argparse.Namespace) -> int:
     from generation.decode import StreamingFrameDecoder, decode_to_frames
     from generation.latents import latent_norm
+    from generation.memory import Placement
+    from generation.models.fusion import fuse_projections, is_fused
     from generation.models.graphed import GraphedDiT
     from generation.sampling.noise import GeneratorNoise
     from generation.sampling.pyramid import SamplerOptions, prepare_initial_noise, sample_t2v
@@ -175,7 +184,7 @@ def cmd_full(args: argparse.Namespace) -> int:
     pm = None
     tile = 256
     if args.planner:  # text encoders are replaced by random embeddings here, so they weigh nothing
-        from generation.memory import Placement, PlacementManager
+        from generation.memory import PlacementManager
         from generation.planner import Footprint, gpu_budget, plan_placement, working_set
 
         plan = plan_placement(Footprint.of(dit, [], vae), working_set(args.model, args.variant, args.temp),
@@ -189,6 +198,9 @@ def cmd_full(args: argparse.Namespace) -> int:
         args.graphs = args.graphs and (resident or streamed)
         args.compile = args.compile and resident
         args.stream = args.stream and plan.stream_decode
+    resident_dit = pm is None or pm.placement in (Placement.GPU, Placement.TEXT_OFFLOAD)
+    if resident_dit and not args.no_fuse:  # as the generator runs a resident DiT
+        fuse_projections(dit)
     if args.untiled:
         tile = None
     use = pm.use if pm is not None else (lambda *_m: contextlib.nullcontext())
@@ -251,7 +263,7 @@ def cmd_full(args: argparse.Namespace) -> int:
               f"frames {frames.shape} peak {peak:.2f} GiB (sampling {peak_sampling:.2f}, final decode "
               f"{peak_decode:.2f}, weights {weights:.2f}) finite={bool(torch.isfinite(lat).all())}")
         print(json.dumps({"bench": "full", "model": args.model, "variant": args.variant, "temp": args.temp,
-                          "graphs": args.graphs, "compile": dit.compiled, "stream": args.stream,
+                          "graphs": args.graphs, "compile": dit.compiled, "fused": is_fused(dit), "stream": args.stream,
                           "side_stream": args.side_stream, "decode_tile": tile,
                           "attention": args.attention, "mem_cap_gib": args.mem_cap_gib, "rep": rep,
                           "placement": pm.placement.value if pm is not None else "gpu",
@@ -328,6 +340,7 @@ def _rel(a: torch.Tensor, b: torch.Tensor) -> float:
 def cmd_equal(args: argparse.Namespace) -> int:
     """Fast path vs plain fp32 path on the same weights, text and noise (SPEC-sized model, short video)."""
     from generation.models import build_dit
+    from generation.models.fusion import fuse_projections
     from generation.models.graphed import GraphedDiT
     from generation.sampling.noise import GeneratorNoise
     from generation.sampling.pyramid import SamplerOptions, prepare_initial_noise, sample_t2v
@@ -363,6 +376,7 @@ def cmd_equal(args: argparse.Namespace) -> int:
         text16 = _random_text(model_name, device, torch.bfloat16)
         eager16 = run(dit, torch.bfloat16, None, text16)
         graphs16 = run(GraphedDiT(dit), torch.bfloat16, None, text16)
+        fuse_projections(dit)  # the resident fast path
         if args.compile:
             dit.compile_blocks()
         fast_model = GraphedDiT(dit)
@@ -491,6 +505,7 @@ def main(argv: list[str] | None = None) -> int:
             p.add_argument("--compile", action="store_true", help="run the DiT blocks under torch.compile")
             p.add_argument("--tiny-models", action="store_true", help="dry run with the tiny models (no GPU needed)")
             p.add_argument("--side-stream", action="store_true", help="streamed decode on its own CUDA stream")
+            p.add_argument("--no-fuse", action="store_true", help="keep the q/k/v (and MLP-in) projections separate")
             p.add_argument("--offload-graphs", action="store_true",
                            help="with --planner: CUDA graphs also under sequential offload (uploads captured)")
             p.add_argument("--per-call", action="store_true",

@@ -31,6 +31,7 @@ from generation.decode import DECODE_TILE, StreamingFrameDecoder, decode_to_fram
 from generation.images import load_image_for_video
 from generation.latents import latent_norm
 from generation.memory import Placement, PlacementManager
+from generation.models.fusion import fuse_projections, unfuse_projections
 from generation.models.graphed import GraphedDiT
 from generation.planner import (
     Footprint,
@@ -105,8 +106,13 @@ class PyramidFlowGenerator:
         c = self.c
         self.placement = placement
         streamed = [c.dit] + (c.text.encoder.modules() if c.text else [])
-        placement.prepare(streamed=streamed, swapped=[c.vae])
         resident_dit = placement.placement in (Placement.GPU, Placement.TEXT_OFFLOAD)
+        fuse = resident_dit and self.settings.fuse_projections
+        if not fuse:  # block streaming and model moves handle the parameters one by one
+            unfuse_projections(c.dit)
+        placement.prepare(streamed=streamed, swapped=[c.vae])
+        if fuse:
+            fuse_projections(c.dit)
         streamed_dit = placement.placement is Placement.SEQUENTIAL_OFFLOAD and self.settings.offload_cuda_graphs
         use_graphs = self.settings.cuda_graphs and (resident_dit or streamed_dit) and placement.device.type == "cuda"
         if self.settings.compile_dit and hasattr(c.dit, "compile_blocks") and not c.dit.compiled:

@@ -38,6 +38,9 @@ class GenerationSettings(BaseModel):
     # run the DiT blocks under torch.compile (fused elementwise kernels; the first video after start-up
     # compiles, tens of seconds, cached on disk by Inductor). Needs a C++ compiler (CPU) or Triton (CUDA).
     compile_dit: bool = False
+    # one GEMM for the projections that share an input (q/k/v, and the MLP input of FLUX single blocks)
+    # while the DiT is resident; no memory added (generation/models/fusion.py)
+    fuse_projections: bool = True
     # also replay CUDA graphs under sequential offload: the uploads of the streamed blocks (from pinned host
     # memory, into the graph's own memory) are captured with the kernels, so a replay re-uploads them and
     # the host no longer launches every kernel. Off until timed on a GPU (benchmarks/RESULTS.md).

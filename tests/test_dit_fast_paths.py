@@ -9,6 +9,7 @@ from torch._dynamo.utils import counters
 
 from generation.models import build_dit
 from generation.models.blocks import BlockRunners
+from generation.models.fusion import FusedLinear, fuse_projections, is_fused, unfuse_projections
 from generation.models.graphed import _Captured, _copy_if_changed
 
 LAYOUTS = [  # (t, h, w) of the clips: first frame, unit 1 stage 0, unit 2 stage 2 (the sampler's shapes)
@@ -61,8 +62,45 @@ def test_shared_text_pads_are_dropped_and_change_nothing() -> None:
         torch.testing.assert_close(longer, short, atol=1e-6, rtol=1e-6)
 
 
+def test_fused_projections_equal_the_separate_ones_and_add_no_memory() -> None:
+    expected = {"pyramid_flux": 1 * 2 + 2, "pyramid_mmdit": 2 * 2}  # per double/joint block 2, per single 1
+    for name in ("pyramid_flux", "pyramid_mmdit"):
+        model = _tiny(name)
+        cases = [_inputs(shapes, seed=i) for i, shapes in enumerate(LAYOUTS)]
+        keys = {k: v.clone() for k, v in model.state_dict().items()}
+        params_before = sum(p.untyped_storage().nbytes() for p in {p.untyped_storage().data_ptr(): p
+                                                                      for p in model.parameters()}.values())
+        with torch.no_grad():
+            plain = [model(*c) for c in cases]
+            assert fuse_projections(model) == expected[name] and is_fused(model)
+            assert fuse_projections(model) == 0  # idempotent
+            used: list[int] = []
+            hooks = [m.register_forward_hook(lambda *_a, seen=used: seen.append(1)) for m in model.modules()
+                     if isinstance(m, FusedLinear)]
+            fused = [model(*c) for c in cases]
+            for h in hooks:
+                h.remove()
+        assert len(used) == expected[name] * len(cases)  # every fused GEMM ran, at every forward
+        for out, ref in zip(fused, plain, strict=True):
+            torch.testing.assert_close(out, ref, atol=1e-6, rtol=1e-5)
+        # the originals are views of the fused weight: same storage, same values, checkpoint names kept
+        attn = model.transformer_blocks[0].attn
+        assert attn.to_k.weight.untyped_storage().data_ptr() == attn.fused_qkv.weight.untyped_storage().data_ptr()
+        sd = model.state_dict()
+        for k, v in keys.items():
+            assert torch.equal(sd[k], v), k
+        storages = {p.untyped_storage().data_ptr(): p for p in model.parameters()}
+        params_after = sum(p.untyped_storage().nbytes() for p in storages.values())
+        assert params_after == params_before  # no second copy of any weight
+        unfuse_projections(model)
+        assert not is_fused(model)
+        with torch.no_grad():
+            torch.testing.assert_close(model(*cases[0]), plain[0], atol=0.0, rtol=0.0)
+
+
 def _compiled_matches_eager(name: str, backend: str, atol: float) -> None:
     model = _tiny(name)
+    fuse_projections(model)  # the resident fast path: fused projections, compiled blocks
     cases = [_inputs(shapes, seed=i) for i, shapes in enumerate(LAYOUTS)]
     with torch.no_grad():
         eager = [model(*c) for c in cases]

@@ -49,7 +49,8 @@ def test_fixture_cases_within_tolerance_both_backends(sidecar: str, merge_tokens
     results = dit_parity.run(FIXTURES, sidecar, backends=backends, merge_tokens=merge_tokens)
     cases = dit_parity.discover_cases(list(load_file(str(FIXTURES / sidecar.replace(".json", ".safetensors")))))
     assert len(cases) >= 1
-    assert len(results) == len(cases) * len(backends)
+    assert len(results) == len(cases) * len(backends) * 2  # separate and fused input projections
+    assert sum(",fused]" in r.fixture for r in results) == len(cases) * len(backends)
     failures = [r.line() for r in results if not r.ok]
     assert not failures, "\n".join(failures)
     for r in results:  # errors far below the tolerance: rounding only

@@ -245,33 +245,51 @@ class PyramidAttnProcessor:
         attention_mask: torch.Tensor | None = None,
         image_rotary_emb: Any = None,
         ctx: AttnContext | None = None,
+        qkv: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None = None,
     ) -> Any:
+        """``qkv``: the image-stream projections already computed by the caller (a FLUX single block whose
+        fused input projection also yields its MLP input); otherwise they come from ``attn.fused_qkv``
+        (`generation.models.fusion`) or from ``to_q`` / ``to_k`` / ``to_v``."""
         if ctx is None:
             raise RuntimeError("PyramidAttnProcessor needs the forward's AttnContext (call through the PyramidDiT)")
         if attention_mask is not None:
             raise ValueError("PyramidAttnProcessor builds its own mask; attention_mask must be None")
         b, n, _ = hidden_states.shape
         heads = attn.heads
-        q = attn.to_q(hidden_states)
+        fused = getattr(attn, "fused_qkv", None)
+        if qkv is not None:
+            q, k, v = qkv
+        elif fused is not None:
+            q, k, v = fused.parts(hidden_states)
+        else:
+            q, k, v = attn.to_q(hidden_states), attn.to_k(hidden_states), attn.to_v(hidden_states)
         d = q.shape[-1] // heads
         q = attn.norm_q(q.view(b, n, heads, d)).transpose(1, 2)
-        k = attn.norm_k(attn.to_k(hidden_states).view(b, n, heads, d)).transpose(1, 2)
-        v = attn.to_v(hidden_states).view(b, n, heads, d).transpose(1, 2)
+        k = attn.norm_k(k.view(b, n, heads, d)).transpose(1, 2)
+        v = v.view(b, n, heads, d).transpose(1, 2)
         image_only = False
         lt = 0
         if encoder_hidden_states is not None:
             lt = encoder_hidden_states.shape[1]
             norm_aq = getattr(attn, self.added_q_norm)
             norm_ak = getattr(attn, self.added_k_norm)
-            tk = norm_ak(attn.add_k_proj(encoder_hidden_states).view(b, lt, heads, d)).transpose(1, 2)
-            tv = attn.add_v_proj(encoder_hidden_states).view(b, lt, heads, d).transpose(1, 2)
+            image_only = bool(getattr(attn, "context_pre_only", False))
+            fused_text = getattr(attn, "fused_added_qkv", None)
+            if fused_text is not None:
+                text = fused_text.parts(encoder_hidden_states)
+                tq_lin, tk_lin, tv_lin = (None, *text) if image_only else text
+            else:
+                tk_lin, tv_lin = attn.add_k_proj(encoder_hidden_states), attn.add_v_proj(encoder_hidden_states)
+                tq_lin = None if image_only else attn.add_q_proj(encoder_hidden_states)
+            tk = norm_ak(tk_lin.view(b, lt, heads, d)).transpose(1, 2)
+            tv = tv_lin.view(b, lt, heads, d).transpose(1, 2)
             k = torch.cat([tk, k], dim=2)
             v = torch.cat([tv, v], dim=2)
-            if getattr(attn, "context_pre_only", False):
-                image_only = True
+            if image_only:
                 q = q.contiguous()
             else:
-                tq = norm_aq(attn.add_q_proj(encoder_hidden_states).view(b, lt, heads, d)).transpose(1, 2)
+                assert tq_lin is not None
+                tq = norm_aq(tq_lin.view(b, lt, heads, d)).transpose(1, 2)
                 q = torch.cat([tq, q], dim=2)
         else:
             q, k, v = q.contiguous(), k.contiguous(), v.contiguous()

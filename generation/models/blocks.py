@@ -42,8 +42,14 @@ class JoinedSingleBlock(FluxSingleTransformerBlock):
     ) -> torch.Tensor:
         """x: [B, L_t + N, D] → the same after the block."""
         normed, gate = self.norm(x, emb=temb)
-        mlp = self.act_mlp(self.proj_mlp(normed))
-        attn = self.attn(hidden_states=normed, **attention_kwargs)
+        fused = getattr(self, "fused_in", None)  # generation.models.fusion: q, k, v and the MLP in one GEMM
+        if fused is not None:
+            q, k, v, mlp_in = fused.parts(normed)
+            mlp = self.act_mlp(mlp_in)
+            attn = self.attn(hidden_states=normed, qkv=(q, k, v), **attention_kwargs)
+        else:
+            mlp = self.act_mlp(self.proj_mlp(normed))
+            attn = self.attn(hidden_states=normed, **attention_kwargs)
         out = x + gate.unsqueeze(1) * self.proj_out(torch.cat([attn, mlp], dim=2))
         if out.dtype == torch.float16:
             out = out.clip(-65504, 65504)

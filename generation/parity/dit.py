@@ -18,6 +18,7 @@ import torch
 from safetensors.torch import load_file
 
 from generation.models.dit_config import build_dit, model_name_from_config
+from generation.models.fusion import fuse_projections, unfuse_projections
 from generation.parity.common import CheckResult, compare, error_result
 
 log = logging.getLogger(__name__)
@@ -96,8 +97,10 @@ def run(
     *,
     backends: Sequence[str] = ("prefix", "dense"),
     merge_tokens: int | None = None,
+    fused: Sequence[bool] = (False, True),
 ) -> list[CheckResult]:
-    """Run every case of one DiT forward fixture with each attention backend; one result per (case, backend)."""
+    """Run every case of one DiT forward fixture with each attention backend, with the separate and the fused
+    input projections (`generation.models.fusion`, the resident fast path); one result per combination."""
     fixture_dir = Path(fixture_dir)
     label = sidecar_name
     try:
@@ -124,10 +127,15 @@ def run(
         return [error_result(label, exc)]
 
     results: list[CheckResult] = []
+    combos = [(backend, f) for f in fused for backend in backends]
     for case, sample_names in cases.items():
-        for backend in backends:
-            name = f"{label}:{case}[{model_name},{backend}]"
+        for backend, use_fused in combos:
+            name = f"{label}:{case}[{model_name},{backend}{',fused' if use_fused else ''}]"
             try:
+                if use_fused:
+                    fuse_projections(model)
+                else:
+                    unfuse_projections(model)
                 model.set_attention_backend(backend)  # type: ignore[arg-type]
                 clips = [tensors[n] for n in sample_names]
                 with torch.no_grad():

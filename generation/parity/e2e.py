@@ -95,9 +95,10 @@ def _frames_check(name: str, ours: np.ndarray, ref: torch.Tensor, tol_abs: float
 
 
 def run(fixture_dir: Path, sidecar_name: str, *, record_calls: list[dict] | None = None,
-        device: str = "cpu") -> list[CheckResult]:
+        device: str = "cpu", fused: bool = True) -> list[CheckResult]:
     """All checks of one e2e fixture. With `record_calls`, every DiT call is appended to it as
-    {"sample": [clip shapes], "timestep": [floats]} (compare with the sidecar's `dit_calls`)."""
+    {"sample": [clip shapes], "timestep": [floats]} (compare with the sidecar's `dit_calls`).
+    `fused`: the DiT runs with fused input projections, as the generator runs a resident DiT."""
     fixture_dir = Path(fixture_dir)
     side = json.loads((fixture_dir / sidecar_name).read_text(encoding="utf-8"))
     tensors = load_file(str(fixture_dir / (Path(sidecar_name).stem + ".safetensors")))
@@ -110,6 +111,10 @@ def run(fixture_dir: Path, sidecar_name: str, *, record_calls: list[dict] | None
     model_name, model, vae = _load_models(fixture_dir, side)
     model.to(device)
     vae.to(device)
+    if fused:
+        from generation.models.fusion import fuse_projections
+
+        fuse_projections(model)
     dit = model
     if record_calls is not None:
 
