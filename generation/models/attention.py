@@ -294,8 +294,8 @@ class PyramidAttnProcessor:
         else:
             q, k, v = q.contiguous(), k.contiguous(), v.contiguous()
         if ctx.rope is not None:
-            q = apply_rope(q, ctx.rope[ctx.plan.text_len :] if image_only else ctx.rope)
-            k = apply_rope(k, ctx.rope)
+            q = apply_rope(q, ctx.rope[ctx.plan.text_len :] if image_only else ctx.rope, real=ctx.compiled)
+            k = apply_rope(k, ctx.rope, real=ctx.compiled)
         o = (_attend_eager if ctx.compiled else attend)(q, k, v, ctx.plan, ctx.backend, image_only=image_only)
         o = o.transpose(1, 2).reshape(b, o.shape[2], heads * d).to(hidden_states.dtype)
         if encoder_hidden_states is None:

@@ -135,13 +135,16 @@ def rope_cos_sin(table: torch.Tensor) -> torch.Tensor:
     return torch.view_as_real(table.to(torch.complex64)).contiguous()
 
 
-def apply_rope(x: torch.Tensor, cos_sin: torch.Tensor) -> torch.Tensor:
+def apply_rope(x: torch.Tensor, cos_sin: torch.Tensor, *, real: bool = False) -> torch.Tensor:
     """Rotate adjacent pairs (2m, 2m+1) of the last dim of x [B, H, L, D] by cos_sin [L, D/2, 2] in fp32.
 
-    The complex product written out in real arithmetic (x0·c − x1·s, x0·s + x1·c), so that a compiled
-    block can fuse it with the casts around it (Inductor does not generate code for complex ops).
+    Eagerly as one complex multiply (fewest kernels). With ``real`` the product is written out in real
+    arithmetic (x0·c − x1·s, x0·s + x1·c), which a compiled block fuses with the casts around it
+    (Inductor generates no code for complex ops). Both round the same products; they agree to fp32 rounding.
     """
     xf = x.float().reshape(*x.shape[:-1], -1, 2)
+    if not real:
+        return torch.view_as_real(torch.view_as_complex(xf) * torch.view_as_complex(cos_sin)).flatten(-2).to(x.dtype)
     x0, x1 = xf[..., 0], xf[..., 1]
     c, s = cos_sin[..., 0], cos_sin[..., 1]
     return torch.stack([x0 * c - x1 * s, x0 * s + x1 * c], dim=-1).flatten(-2).to(x.dtype)
