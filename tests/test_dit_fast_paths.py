@@ -7,10 +7,10 @@ import torch
 import torch._dynamo
 from torch._dynamo.utils import counters
 
-from generation.models import build_dit
 from generation.models.blocks import BlockRunners
 from generation.models.fusion import FusedLinear, fuse_projections, is_fused, unfuse_projections
 from generation.models.graphed import _Captured, _copy_if_changed
+from tests._dit_support import random_dit_inputs, tiny_dit
 
 LAYOUTS = [  # (t, h, w) of the clips: first frame, unit 1 stage 0, unit 2 stage 2 (the sampler's shapes)
     [(1, 4, 8)],
@@ -20,29 +20,11 @@ LAYOUTS = [  # (t, h, w) of the clips: first frame, unit 1 stage 0, unit 2 stage
 
 
 def _tiny(name: str) -> torch.nn.Module:
-    torch.manual_seed(0)
-    if name == "pyramid_flux":
-        cfg = {"num_layers": 1, "num_single_layers": 2, "attention_head_dim": 16, "num_attention_heads": 2,
-               "axes_dims_rope": [4, 6, 6], "joint_attention_dim": 12, "pooled_projection_dim": 8}
-    else:
-        cfg = {"num_layers": 2, "attention_head_dim": 16, "num_attention_heads": 2, "caption_projection_dim": 32,
-               "joint_attention_dim": 12, "pooled_projection_dim": 8, "pos_embed_max_size": 24, "sample_size": 32}
-    model = build_dit(name, cfg).eval().requires_grad_(False)
-    with torch.no_grad():
-        for p in model.parameters():
-            p.normal_(0.0, 0.2)
-    return model
+    return tiny_dit(name, single_layers=2)
 
 
-def _inputs(shapes, valid=(5, 3), text_len=9, seed=1):
-    g = torch.Generator().manual_seed(seed)
-    b = len(valid)
-    clips = [torch.randn(b, 16, t, h, w, generator=g) for t, h, w in shapes]
-    text = torch.randn(b, text_len, 12, generator=g)
-    mask = torch.zeros(b, text_len, dtype=torch.int64)
-    for i, n in enumerate(valid):
-        mask[i, :n] = 1
-    return clips, text, mask, torch.randn(b, 8, generator=g), torch.tensor([700.0, 700.0])
+def _inputs(shapes, valid=(5, 3), text_len=9, seed=1):  # type: ignore[no-untyped-def]
+    return random_dit_inputs(valid, text_len, shapes, seed)
 
 
 def test_shared_text_pads_are_dropped_and_change_nothing() -> None:

@@ -9,10 +9,11 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from generation.models import build_dit, model_name_from_config
+from generation.models import model_name_from_config
 from generation.models.attention import attend, build_attention_plan, text_order
 from generation.models.positions import flux_image_positions, rope_table, sd3_sincos_table, token_layout
 from generation.parity import dit as dit_parity
+from tests._dit_support import random_dit_inputs, tiny_dit
 
 FIXTURES = Path(__file__).parent / "fixtures" / "pyramid_flow"
 
@@ -58,31 +59,10 @@ def test_fixture_cases_within_tolerance_both_backends(sidecar: str, merge_tokens
 
 
 def _tiny(name: str, seed: int) -> torch.nn.Module:
-    torch.manual_seed(seed)
-    if name == "pyramid_flux":
-        cfg = {"num_layers": 1, "num_single_layers": 1, "attention_head_dim": 16, "num_attention_heads": 2,
-               "axes_dims_rope": [4, 6, 6], "joint_attention_dim": 12, "pooled_projection_dim": 8}
-    else:
-        cfg = {"num_layers": 2, "attention_head_dim": 16, "num_attention_heads": 2, "caption_projection_dim": 32,
-               "joint_attention_dim": 12, "pooled_projection_dim": 8, "pos_embed_max_size": 24, "sample_size": 32}
-    model = build_dit(name, cfg).eval()
-    with torch.no_grad():  # break symmetry everywhere (adaLN-zero style weights would hide errors)
-        for p in model.parameters():
-            p.normal_(0.0, 0.2)
-    return model
+    return tiny_dit(name, seed)
 
 
-def _random_inputs(batch_valid: list[int], text_len: int, clip_shapes: list[tuple[int, int, int]], seed: int):
-    g = torch.Generator().manual_seed(seed)
-    b = len(batch_valid)
-    clips = [torch.randn(b, 16, t, h, w, generator=g) for t, h, w in clip_shapes]
-    text = torch.randn(b, text_len, 12, generator=g)
-    mask = torch.zeros(b, text_len, dtype=torch.int64)
-    for i, n in enumerate(batch_valid):
-        mask[i, :n] = 1
-    pooled = torch.randn(b, 8, generator=g)
-    timestep = torch.rand(b, generator=g) * 1000
-    return clips, text, mask, pooled, timestep
+_random_inputs = random_dit_inputs
 
 
 HISTORY = [(2, 2, 4), (1, 4, 8), (1, 8, 16), (1, 8, 16)]  # stage-0 pair, stage 1, stage 2, current
