@@ -413,6 +413,7 @@ def cmd_profile(args: argparse.Namespace) -> int:
 
     from generation.decode import StreamingFrameDecoder, decode_to_frames
     from generation.latents import latent_norm
+    from generation.models.fusion import fuse_projections
     from generation.models.graphed import GraphedDiT
     from generation.sampling.noise import GeneratorNoise
     from generation.sampling.pyramid import SamplerOptions, prepare_initial_noise, sample_t2v
@@ -420,6 +421,9 @@ def cmd_profile(args: argparse.Namespace) -> int:
     device = torch.device(args.device)
     dtype = torch.bfloat16
     dit, vae = _random_models(args.model, device, dtype)
+    fuse_projections(dit)  # the resident path, as the generator runs it
+    if args.compile:
+        dit.compile_blocks()  # compiled during the warm-up run below
     model = GraphedDiT(dit) if args.graphs else dit
     text = _random_text(args.model, device, dtype)
     opts = SamplerOptions()
@@ -519,6 +523,7 @@ def main(argv: list[str] | None = None) -> int:
             p.add_argument("--model", default="pyramid_flux", choices=["pyramid_flux", "pyramid_mmdit"])
             p.add_argument("--temp", type=int, default=6)
             p.add_argument("--graphs", action="store_true")
+            p.add_argument("--compile", action="store_true")
         if name == "equal":
             p.add_argument("--models", nargs="+", default=["pyramid_flux", "pyramid_mmdit"])
             p.add_argument("--compile", action="store_true", help="the fast path also compiles the DiT blocks")
