@@ -214,9 +214,7 @@ def cmd_full(args: argparse.Namespace) -> int:
         dit.compile_blocks()
         try:
             with torch.no_grad(), use(dit):
-                probe = torch.zeros(2, 16, 1, h // 32, w // 32, device=device, dtype=dtype)
-                dit([probe], text.prompt_embeds, text.attention_mask, text.pooled,
-                    torch.full((2,), 999.0, device=device, dtype=dtype))
+                dit(*dit.probe_inputs(h // 32, w // 32))
             _sync()
         except Exception as e:  # noqa: BLE001 — report and go on eagerly (no Triton / no C compiler here)
             print(f"compile failed, running eagerly: {type(e).__name__}: {str(e)[:400]}")
@@ -458,30 +456,10 @@ def cmd_profile(args: argparse.Namespace) -> int:
     timed(f"decode_tiled_t{temp}", lambda: decode_to_frames(vae, lat["x"], norm, tiling=True, dtype=dtype))
     timed(f"sampling_stream_t{temp}", lambda: sample(temp, True))
 
-    times: dict[str, list[float]] = {}
-
-    class Timed(torch.nn.Module):
-        def __init__(self, inner: torch.nn.Module) -> None:
-            super().__init__()
-            self.inner = inner
-
-        def forward(self, *a):
-            key = "x".join(str(int(c.shape[-3]) * int(c.shape[-2]) * int(c.shape[-1])) for c in a[0])
-            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-            start.record()
-            out = self.inner(*a)
-            end.record()
-            times.setdefault(key, []).append((start, end))
-            return out
-
-    per_call = Timed(model)
+    per_call = PerCallTimer(model, full_height=48)
     with torch.no_grad():
         sample(temp, False, per_call)
-    _sync()
-    rows = {k: (len(v), sum(s.elapsed_time(e) for s, e in v)) for k, v in times.items()}
-    total = sum(ms for _, ms in rows.values())
-    print(json.dumps({"profile": "dit_gpu_ms_by_tokens", "total_ms": round(total, 1),
-                      "rows": {k: [n, round(ms / n, 2)] for k, (n, ms) in sorted(rows.items())}}), flush=True)
+    print(json.dumps({"profile": "dit_ms_per_call_by_unit_stage", **per_call.summary()}), flush=True)
     with torch.no_grad(), profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof:
         sample(min(temp, 4), True)
     print(prof.key_averages().table(sort_by="self_cuda_time_total", row_limit=25, max_name_column_width=60))

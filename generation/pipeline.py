@@ -121,10 +121,13 @@ class PyramidFlowGenerator:
         stream = self.settings.stream_decode
         tiling = self.settings.vae_tiling
         planned = self.plan.decode_tile if self.plan is not None else DECODE_TILE
-        if tiling is False:
-            self.decode_tile: int | None = None
-        else:  # True: tiles whatever the plan; None: the plan's choice (tiled without a plan)
-            self.decode_tile = planned if planned is not None or tiling is None else DECODE_TILE
+        self.decode_tile: int | None
+        if tiling is None:  # the plan's choice (tiled without a plan)
+            self.decode_tile = planned
+        elif tiling:  # tiles whatever the plan: its tile size, or the default where it chose none
+            self.decode_tile = planned or DECODE_TILE
+        else:
+            self.decode_tile = None
         self.stream_decode = (resident_dit and placement.device.type == "cuda") if stream is None else (
             stream and resident_dit)
 
@@ -149,17 +152,10 @@ class PyramidFlowGenerator:
         if not getattr(dit, "compiled", False):
             return 0.0
         t0 = time.perf_counter()
-        cfg, device, dtype = dit.config, self.c.device, self.c.dtype
         w, h = self.c.size_for(self.c.variant) if self.c.supports(self.c.variant) else self.c.size_for("384p")
-        text_len = 8
-        mask = torch.ones(2, text_len, dtype=torch.long, device=device)
-        mask[0, text_len // 2 :] = 0  # two prompt lengths, as with CFG's negative and positive prompts
         try:
             with torch.no_grad(), self.placement.use(dit):
-                dit([torch.zeros(2, 16, 1, h // 32, w // 32, device=device, dtype=dtype)],
-                    torch.zeros(2, text_len, cfg.joint_attention_dim, device=device, dtype=dtype), mask,
-                    torch.zeros(2, cfg.pooled_projection_dim, device=device, dtype=dtype),
-                    torch.full((2,), 999.0, device=device, dtype=dtype))
+                dit(*dit.probe_inputs(h // 32, w // 32))
         except Exception:
             log.exception("compiling the DiT blocks failed; running them eagerly")
             dit.compile_blocks(False)

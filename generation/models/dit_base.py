@@ -55,6 +55,18 @@ class PyramidDiTBase(nn.Module):
     def compiled(self) -> bool:
         return self.runners.compiled
 
+    def probe_inputs(self, latent_height: int, latent_width: int, text_len: int = 8) -> tuple:
+        """Zero inputs of one first-frame forward (CFG batch 2, two prompt lengths): the warm-up forward that
+        compiles the blocks. With dynamic shapes, one forward serves every later layout."""
+        device, dtype = self.device, self.dtype
+        cfg = self.config
+        mask = torch.ones(2, text_len, dtype=torch.long, device=device)
+        mask[0, text_len // 2 :] = 0
+        return ([torch.zeros(2, cfg.latent_channels, 1, latent_height, latent_width, device=device, dtype=dtype)],
+                torch.zeros(2, text_len, cfg.joint_attention_dim, device=device, dtype=dtype), mask,
+                torch.zeros(2, cfg.pooled_projection_dim, device=device, dtype=dtype),
+                torch.full((2,), 999.0, device=device, dtype=dtype))  # fmt: skip
+
     def set_attention_backend(self, backend: Backend) -> None:
         if backend not in ("prefix", "dense"):
             raise ValueError(f"unknown attention backend {backend!r}")
