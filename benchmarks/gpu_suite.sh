@@ -6,13 +6,16 @@
 #          (+ per-call DiT times), the 8 GiB and 4.5 GiB caps as planned, 384p without compile and without
 #          streaming (separate sampling / decode peaks)
 #   more:  sd3 384p fast path, miniflux 768p temp=31, fast-vs-plain equality
+#   caps:  the 8 GiB and 4.5 GiB caps, sd3 384p fast path, kernel-kind profile of single DiT layouts
+#   final: miniflux 384p fast path, the 8 GiB and 4.5 GiB caps, miniflux 768p temp=31, fast-vs-plain equality
 #   ab:    one switch off at a time (fusion, compile, side stream) and the cap variants left out of `speed`
 # Each step has its own time limit, so one failure keeps the rest. Steps that compile fall back to eager
 # when this machine cannot compile, and later steps then stop trying.
 set -u
 out="${1:-/tmp/bench}"; part="${2:-speed}"; mkdir -p "$out"
 py="${PYTHON:-python3}"
-step() { local name="$1" limit="$2"; shift 2; echo "== $name ($(date +%T))"; timeout "$limit" "$py" -m generation.bench "$@" 2>&1 | tee "$out/$name.log" | grep -v "^\s*$" | grep -v Warning | tail -n 14; }
+run_step() { local name="$1" limit="$2"; shift 2; echo "== $name ($(date +%T))"; timeout "$limit" "$py" "$@" 2>&1 | tee "$out/$name.log" | grep -v "^\s*$" | grep -v Warning | tail -n 14; }
+step() { local name="$1" limit="$2"; shift 2; run_step "$name" "$limit" -m generation.bench "$@"; }
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader | tee "$out/gpu.txt"
 "$py" -c "import torch; print('torch', torch.__version__, 'cuda', torch.version.cuda)" | tee -a "$out/gpu.txt"
 "$py" -c "import triton; print('triton', triton.__version__)" 2>&1 | tail -1 | tee -a "$out/gpu.txt"
@@ -31,6 +34,20 @@ more)
   step mmdit384_fast 150 full --model pyramid_mmdit --graphs --stream --side-stream --planner --per-call --repeat 3 --compile
   step flux768_t31_fast 330 full --model pyramid_flux --variant 768p --temp 31 --graphs --stream --side-stream --planner --per-call --repeat 1 $(fast)
   step equal 110 equal --models pyramid_flux --temp 3 $(fast)
+  ;;
+caps)
+  step tiny 60 tiny
+  run_step profile_layouts 150 benchmarks/gpu_profile.py layouts --model pyramid_flux --compile
+  step flux384_cap8_planner 110 full --model pyramid_flux --graphs --stream --side-stream --planner --mem-cap-gib 8 --repeat 2 $(fast)
+  step flux384_cap4p5_planner_graphs 120 full --model pyramid_flux --graphs --offload-graphs --stream --planner --mem-cap-gib 4.5 --repeat 1
+  step mmdit384_fast 150 full --model pyramid_mmdit --graphs --stream --side-stream --planner --per-call --repeat 3 $(fast)
+  ;;
+final)  # one device call: every row of the table on the latest code
+  step flux384_fast 120 full --model pyramid_flux --graphs --stream --side-stream --planner --per-call --repeat 2 --compile
+  step flux384_cap8_planner 90 full --model pyramid_flux --graphs --stream --side-stream --planner --mem-cap-gib 8 --repeat 2 $(fast)
+  step flux384_cap4p5_planner_graphs 100 full --model pyramid_flux --graphs --offload-graphs --stream --planner --mem-cap-gib 4.5 --repeat 1
+  step flux768_t31_fast 230 full --model pyramid_flux --variant 768p --temp 31 --graphs --stream --side-stream --planner --repeat 1 $(fast)
+  step equal 60 equal --models pyramid_flux --temp 3 $(fast)
   ;;
 ab)  # what each switch is worth, and the cap variants `speed` leaves out
   step flux384_nofuse 80 full --model pyramid_flux --graphs --stream --side-stream --planner --repeat 2 --no-fuse $(fast)

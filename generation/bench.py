@@ -160,7 +160,7 @@ def _random_text(model_name: str, device: torch.device, dtype: torch.dtype, conf
 def cmd_full(args: argparse.Namespace) -> int:
     from generation.decode import StreamingFrameDecoder, decode_to_frames
     from generation.latents import latent_norm
-    from generation.memory import Placement
+    from generation.memory import Placement, cap_cuda_memory
     from generation.models.fusion import fuse_projections, is_fused
     from generation.models.graphed import GraphedDiT
     from generation.sampling.noise import GeneratorNoise
@@ -170,8 +170,7 @@ def cmd_full(args: argparse.Namespace) -> int:
     dtype = torch.bfloat16
     mem = _Mem(device)
     if args.mem_cap_gib:
-        total = torch.cuda.get_device_properties(device).total_memory
-        torch.cuda.set_per_process_memory_fraction(min(1.0, args.mem_cap_gib * 2**30 / total), device)
+        cap_cuda_memory(device, args.mem_cap_gib)
     t = time.perf_counter()
     build_on = torch.device("cpu") if args.planner else device  # the placement moves what it keeps
     if args.tiny_models:  # a dry run of this script with the tiny models (CI / no GPU)
@@ -183,6 +182,7 @@ def cmd_full(args: argparse.Namespace) -> int:
         dit, vae = _random_models(args.model, build_on, dtype, attention=args.attention)
     pm = None
     tile = 256
+    per_job = False
     if args.planner:  # text encoders are replaced by random embeddings here, so they weigh nothing
         from generation.memory import PlacementManager
         from generation.planner import Footprint, gpu_budget, plan_placement, working_set
@@ -195,8 +195,10 @@ def cmd_full(args: argparse.Namespace) -> int:
         tile = plan.decode_tile
         resident = plan.placement in (Placement.GPU, Placement.TEXT_OFFLOAD)
         streamed = plan.placement is Placement.SEQUENTIAL_OFFLOAD and args.offload_graphs
-        args.graphs = args.graphs and (resident or streamed)
-        args.compile = args.compile and resident
+        # graphs captured per run and dropped before the decode, as the generator does
+        per_job = plan.placement is Placement.MODEL_OFFLOAD or streamed
+        args.graphs = args.graphs and (resident or streamed or per_job)
+        args.compile = args.compile and (resident or per_job)
         args.stream = args.stream and plan.stream_decode
     resident_dit = pm is None or pm.placement in (Placement.GPU, Placement.TEXT_OFFLOAD)
     if resident_dit and not args.no_fuse:  # as the generator runs a resident DiT
@@ -242,6 +244,8 @@ def cmd_full(args: argparse.Namespace) -> int:
             on_unit = (lambda _k, x, s=stream: s.push(x)) if stream is not None else None
             with use(dit):
                 lat = sample_t2v(dit_fn, text, init, options=opts, noise=noise, on_unit=on_unit)
+                if per_job and isinstance(model, GraphedDiT):
+                    model.clear()  # the DiT leaves the GPU: its graphs go with it
             _sync()
             t1 = time.perf_counter()
             peak_sampling = mem.peak()

@@ -28,6 +28,16 @@ class Placement(StrEnum):
     SEQUENTIAL_OFFLOAD = "sequential_offload"  # DiT/text blocks streamed one at a time (some may stay resident)
 
 
+def cap_cuda_memory(device: torch.device, gib: float) -> float:
+    """Cap this process's CUDA allocator on `device` at `gib` GiB (a small card simulated on a big one);
+    returns the fraction set. A bare ``cuda`` device means the current one: torch wants an index here."""
+    index = device.index if device.index is not None else torch.cuda.current_device()
+    total = torch.cuda.get_device_properties(index).total_memory
+    fraction = min(1.0, gib * 2**30 / total)
+    torch.cuda.set_per_process_memory_fraction(fraction, index)
+    return fraction
+
+
 def streamable_blocks(module: nn.Module) -> list[nn.Module]:
     """Elements of the outermost ModuleLists below `module`."""
     blocks: list[nn.Module] = []

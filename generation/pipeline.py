@@ -30,12 +30,11 @@ from generation.components import VARIANT_MAX_TEMP, PipelineComponents
 from generation.decode import DECODE_TILE, StreamingFrameDecoder, decode_to_frames, encode_image_latent
 from generation.images import load_image_for_video
 from generation.latents import latent_norm
-from generation.memory import Placement, PlacementManager
+from generation.memory import Placement, PlacementManager, cap_cuda_memory
 from generation.models.fusion import fuse_projections, unfuse_projections
 from generation.models.graphed import GraphedDiT
 from generation.planner import (
     Footprint,
-    GiB,
     PlacementPlan,
     fallback,
     gpu_budget,
@@ -80,8 +79,7 @@ class PyramidFlowGenerator:
         self.plan: PlacementPlan | None = None  # set when the planner chose the placement
         device = components.device
         if settings.memory_cap_gib is not None and device.type == "cuda":
-            total = torch.cuda.get_device_properties(device).total_memory
-            torch.cuda.set_per_process_memory_fraction(min(1.0, settings.memory_cap_gib * GiB / total), device)
+            cap_cuda_memory(device, settings.memory_cap_gib)
         if placement is None:
             if settings.placement == "auto":
                 self.plan = self._plan(Placement.GPU)
@@ -114,7 +112,14 @@ class PyramidFlowGenerator:
         if fuse:
             fuse_projections(c.dit)
         streamed_dit = placement.placement is Placement.SEQUENTIAL_OFFLOAD and self.settings.offload_cuda_graphs
-        use_graphs = self.settings.cuda_graphs and (resident_dit or streamed_dit) and placement.device.type == "cuda"
+        # Under model offload the DiT comes to the GPU for each job and leaves after it, so its graphs are
+        # captured per job and dropped before it leaves (they point at its weights' addresses). Capturing a
+        # 384p video's 48 layouts costs a few seconds; eager forwards cost three times the replayed ones.
+        # Graphs under sequential offload are dropped after each job too: their pool would otherwise hold
+        # the sampling activations while the VAE decodes on a card that has no room for both.
+        self._graphs_per_job = placement.placement is Placement.MODEL_OFFLOAD or streamed_dit
+        use_graphs = self.settings.cuda_graphs and placement.device.type == "cuda" and (
+            resident_dit or streamed_dit or self._graphs_per_job)
         if self.settings.compile_dit and hasattr(c.dit, "compile_blocks") and not c.dit.compiled:
             c.dit.compile_blocks()
         self.dit: torch.nn.Module = GraphedDiT(c.dit) if use_graphs else c.dit
@@ -329,13 +334,18 @@ class PyramidFlowGenerator:
                     stream.push(x)
 
             with self.placement.use(c.dit):
-                if image_latent is None:
-                    latents = sample_t2v(self.dit, text, init, options=job.options, noise=noise, schedule=self.schedule,
-                                         progress=report, should_cancel=cancel, on_unit=on_unit)
-                else:
-                    latents = sample_i2v(self.dit, text, image_latent, init, options=job.options, noise=noise,
-                                         schedule=self.schedule, progress=report, should_cancel=cancel,
-                                         on_unit=on_unit)
+                try:
+                    if image_latent is None:
+                        latents = sample_t2v(self.dit, text, init, options=job.options, noise=noise,
+                                             schedule=self.schedule, progress=report, should_cancel=cancel,
+                                             on_unit=on_unit)
+                    else:
+                        latents = sample_i2v(self.dit, text, image_latent, init, options=job.options, noise=noise,
+                                             schedule=self.schedule, progress=report, should_cancel=cancel,
+                                             on_unit=on_unit)
+                finally:
+                    if self._graphs_per_job and isinstance(self.dit, GraphedDiT):
+                        self.dit.clear()  # before the DiT leaves the GPU: the graphs hold its addresses
             t_sample = time.perf_counter()
             if cancel():
                 raise GenerationCancelled("cancelled before decoding")

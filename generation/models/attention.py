@@ -41,12 +41,18 @@ from typing import Any, Literal
 
 import torch
 import torch.nn.functional as F
+from torch.nn.attention import SDPBackend, sdpa_kernel
 
 from generation.models.positions import apply_rope
 
 log = logging.getLogger(__name__)
 
 Backend = Literal["prefix", "dense"]
+# The SDPA kernels a CUDA forward may use, eager or captured into a CUDA graph, so that both pick the same
+# kernel and a replayed graph gives the eager result bit for bit. cuDNN attention is left out: on an H200
+# with PyTorch 2.11 a graph holding it segfaulted on replay once later graphs had been captured (measured;
+# see benchmarks/RESULTS.md). Flash and memory-efficient kernels are plain launches and replay safely.
+SAFE_SDPA = [SDPBackend.FLASH_ATTENTION, SDPBackend.EFFICIENT_ATTENTION, SDPBackend.MATH]
 DEFAULT_MERGE_TOKENS = 256  # frames are merged into one masked call while their queries fit in this (H100 sweep)
 
 
@@ -179,6 +185,15 @@ def attend(
     q: [B, H, Lq, D] where Lq = L (all queries) or the image part only (``image_only``); k, v: [B, H, L, D].
     Returns [B, H, Lq, D].
     """
+    if q.is_cuda:
+        with sdpa_kernel(SAFE_SDPA):
+            return _attend(q, k, v, plan, backend, image_only)
+    return _attend(q, k, v, plan, backend, image_only)
+
+
+def _attend(
+    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, plan: AttentionPlan, backend: Backend, image_only: bool
+) -> torch.Tensor:
     lt = plan.text_len
     if backend == "dense":
         mask = plan.dense_mask()
@@ -263,10 +278,13 @@ class PyramidAttnProcessor:
             q, k, v = fused.parts(hidden_states)
         else:
             q, k, v = attn.to_q(hidden_states), attn.to_k(hidden_states), attn.to_v(hidden_states)
+        # Everything stays in the projections' [B, L, H, D] layout: norms, RoPE and the text/image join
+        # are row-wise, and attention takes [B, H, L, D] *views* of it (SDPA reads strided q/k/v and
+        # writes its output in this layout), so no transposed copies are made on either side.
         d = q.shape[-1] // heads
-        q = attn.norm_q(q.view(b, n, heads, d)).transpose(1, 2)
-        k = attn.norm_k(k.view(b, n, heads, d)).transpose(1, 2)
-        v = v.view(b, n, heads, d).transpose(1, 2)
+        q = attn.norm_q(q.view(b, n, heads, d))
+        k = attn.norm_k(k.view(b, n, heads, d))
+        v = v.view(b, n, heads, d)
         image_only = False
         lt = 0
         if encoder_hidden_states is not None:
@@ -281,21 +299,16 @@ class PyramidAttnProcessor:
             else:
                 tk_lin, tv_lin = attn.add_k_proj(encoder_hidden_states), attn.add_v_proj(encoder_hidden_states)
                 tq_lin = None if image_only else attn.add_q_proj(encoder_hidden_states)
-            tk = norm_ak(tk_lin.view(b, lt, heads, d)).transpose(1, 2)
-            tv = tv_lin.view(b, lt, heads, d).transpose(1, 2)
-            k = torch.cat([tk, k], dim=2)
-            v = torch.cat([tv, v], dim=2)
-            if image_only:
-                q = q.contiguous()
-            else:
+            k = torch.cat([norm_ak(tk_lin.view(b, lt, heads, d)), k], dim=1)
+            v = torch.cat([tv_lin.view(b, lt, heads, d), v], dim=1)
+            if not image_only:
                 assert tq_lin is not None
-                tq = norm_aq(tq_lin.view(b, lt, heads, d)).transpose(1, 2)
-                q = torch.cat([tq, q], dim=2)
-        else:
-            q, k, v = q.contiguous(), k.contiguous(), v.contiguous()
+                q = torch.cat([norm_aq(tq_lin.view(b, lt, heads, d)), q], dim=1)
         if ctx.rope is not None:
-            q = apply_rope(q, ctx.rope[ctx.plan.text_len :] if image_only else ctx.rope, real=ctx.compiled)
-            k = apply_rope(k, ctx.rope, real=ctx.compiled)
+            table = ctx.rope.unsqueeze(1)  # [L, 1, D/2, 2]: one rotation per token, shared by the heads
+            q = apply_rope(q, table[ctx.plan.text_len :] if image_only else table, real=ctx.compiled)
+            k = apply_rope(k, table, real=ctx.compiled)
+        q, k, v = q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)
         o = (_attend_eager if ctx.compiled else attend)(q, k, v, ctx.plan, ctx.backend, image_only=image_only)
         o = o.transpose(1, 2).reshape(b, o.shape[2], heads * d).to(hidden_states.dtype)
         if encoder_hidden_states is None:

@@ -20,16 +20,14 @@ from typing import Any
 
 import torch
 from torch import nn
-from torch.nn.attention import SDPBackend, sdpa_kernel
+from torch.nn.attention import sdpa_kernel
 
+from generation.models.attention import SAFE_SDPA
 from generation.models.dit_base import PyramidDiTBase
 
 log = logging.getLogger(__name__)
 
-# SDPA kernels captured into graphs. The cuDNN backend is left out: on an H200 with PyTorch 2.11 a graph
-# holding cuDNN attention segfaulted on replay once later graphs had been captured (measured; see
-# benchmarks/RESULTS.md). Flash/efficient kernels are plain launches and replay safely.
-GRAPH_SAFE_SDPA = [SDPBackend.FLASH_ATTENTION, SDPBackend.EFFICIENT_ATTENTION, SDPBackend.MATH]
+GRAPH_SAFE_SDPA = SAFE_SDPA  # the kernels `attend` allows on CUDA, captured or not
 
 
 @dataclass(slots=True)
@@ -82,7 +80,9 @@ class GraphedDiT(nn.Module):
         return self.dit.device
 
     def clear(self) -> None:
+        """Drop every captured graph and their memory pool (the next forward of a layout captures again)."""
         self._graphs.clear()
+        self._pool = None
 
     def forward(
         self,

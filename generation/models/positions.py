@@ -136,7 +136,8 @@ def rope_cos_sin(table: torch.Tensor) -> torch.Tensor:
 
 
 def apply_rope(x: torch.Tensor, cos_sin: torch.Tensor, *, real: bool = False) -> torch.Tensor:
-    """Rotate adjacent pairs (2m, 2m+1) of the last dim of x [B, H, L, D] by cos_sin [L, D/2, 2] in fp32.
+    """Rotate adjacent pairs (2m, 2m+1) of the last dim of x by cos_sin in fp32: x [B, H, L, D] with a
+    table [L, D/2, 2], or x [B, L, H, D] with a table [L, 1, D/2, 2] (any layout the table broadcasts to).
 
     Eagerly as one complex multiply (fewest kernels). With ``real`` the product is written out in real
     arithmetic (x0·c − x1·s, x0·s + x1·c), which a compiled block fuses with the casts around it
