@@ -135,6 +135,8 @@ class PyramidFlowGenerator:
             self.decode_tile = None
         self.stream_decode = (resident_dit and placement.device.type == "cuda") if stream is None else (
             stream and resident_dit)
+        if self.plan is not None and not self.plan.stream_decode:  # the plan has no room for both at once
+            self.stream_decode = False
 
     def _fall_back(self) -> bool:
         """After an out-of-memory error: move to the next slower placement. False when none is left."""

@@ -37,6 +37,12 @@ RESERVE_BYTES = int(0.5 * GiB)  # CUDA context, cuBLAS/cuDNN workspaces, fragmen
 # of the same decode modes in generation/models/vae/bench.py (peak − 0.62 GiB of weights).
 DECODE_WORKING_SET = {"384p": int(5.0 * GiB), "768p": int(16.4 * GiB)}
 DECODE_WORKING_SET_UNTILED = {"384p": int(7.8 * GiB), "768p": int(31.3 * GiB)}
+# The decode after sampling (model and sequential offload) runs tile by tile, one tile's causal caches alive
+# at a time (`CausalVideoVAE.decode`). Its peak of live tensors, counted on the meta device by
+# benchmarks/live_memory.py for a 5 s (384p) / 10 s (768p) video, decoded video included, times 1.35: the
+# ratio of the GPU peaks above to the same count of the streamed decode (1.13-1.32), rounded up.
+LIVE_TO_CUDA = 1.35
+DECODE_AFTER_LIVE_GIB = {("384p", 256): 1.69, ("384p", 128): 0.863, ("768p", 256): 6.876, ("768p", 128): 0.0}
 # DiT working set per token of the largest forward (CFG batch 2, bf16): activations of one block with
 # its MLP, attention outputs, the residual stream and the final projection, with a 2x margin.
 DIT_BYTES_PER_TOKEN = {"pyramid_flux": 160 * 1920, "pyramid_mmdit": 160 * 1536}
@@ -72,14 +78,19 @@ class Footprint:
 @dataclass(frozen=True)
 class WorkingSet:
     sampling: int  # one DiT forward at the largest layout
-    decode: int  # the VAE decoder with 256 px tiles
+    decode: int  # the VAE decoder with 256 px tiles, streamed (every tile's caches alive)
     decode_untiled: int = 0  # the VAE decoder without tiles (faster: no overlap, no seams); 0 = unknown
+    decode_after: tuple[tuple[int, int], ...] = ()  # (tile px, bytes): the tile-by-tile decode after sampling
 
     def untiled(self) -> WorkingSet | None:
         """The same with the untiled decode, when its size is known."""
         if not self.decode_untiled:
             return None
         return WorkingSet(sampling=self.sampling, decode=self.decode_untiled, decode_untiled=self.decode_untiled)
+
+    def after(self, tile: int) -> int:
+        """Working set of the tile-by-tile decode after sampling (the streamed figure when not measured)."""
+        return dict(self.decode_after).get(tile) or (self.decode if tile >= 256 else self.decode // 4)
 
 
 # Tokens of the largest DiT forward (last unit, last stage, text included) as a line through the sequence
@@ -92,16 +103,12 @@ def largest_tokens(variant: str, temp: int) -> int:
     return base + per_unit * max(0, temp - 1)
 
 
-def with_small_tiles(ws: WorkingSet) -> WorkingSet:
-    """128 px decode tiles: a quarter of the tile area, so about a quarter of the decoder's working set."""
-    return WorkingSet(sampling=ws.sampling, decode=ws.decode // 4, decode_untiled=ws.decode_untiled)
-
-
 def working_set(model_name: str, variant: str, temp: int) -> WorkingSet:
     per_token = DIT_BYTES_PER_TOKEN.get(model_name, DIT_BYTES_PER_TOKEN["pyramid_flux"])
-    return WorkingSet(sampling=largest_tokens(variant, temp) * per_token * 2,
-                      decode=DECODE_WORKING_SET.get(variant, DECODE_WORKING_SET["768p"]),
-                      decode_untiled=DECODE_WORKING_SET_UNTILED.get(variant, DECODE_WORKING_SET_UNTILED["768p"]))  # fmt: skip
+    key = variant if variant in DECODE_WORKING_SET else "768p"
+    after = tuple((tile, int(DECODE_AFTER_LIVE_GIB[(key, tile)] * LIVE_TO_CUDA * GiB)) for tile in (256, 128))
+    return WorkingSet(sampling=largest_tokens(variant, temp) * per_token * 2, decode=DECODE_WORKING_SET[key],
+                      decode_untiled=DECODE_WORKING_SET_UNTILED[key], decode_after=after)  # fmt: skip
 
 
 @dataclass(frozen=True)
@@ -130,10 +137,24 @@ def plan_placement(fp: Footprint, ws: WorkingSet, budget: int, *, start: Placeme
     """The first candidate (from `start` on, in ORDER) whose estimated peak fits in `budget` bytes.
 
     Each of the first three candidates is tried with the untiled decode first (faster), then 256 px tiles.
+    Between ``text_offload`` and ``model_offload`` come the two resident ones once more with the decode
+    after sampling (not streamed), tile by tile: the decode's working set no longer sits beside the
+    sampler's, and the DiT stays resident with its graphs (model offload captures them for every job).
     """
     rejected: list[str] = []
     untiled = ws.untiled()
-    for candidate in ORDER[ORDER.index(start):]:
+    first = ORDER.index(start)
+    resident = [c for c in (Placement.GPU, Placement.TEXT_OFFLOAD) if ORDER.index(c) >= first]
+    for candidate in ORDER[first:]:
+        if candidate is Placement.MODEL_OFFLOAD:
+            for late in resident:
+                text = fp.text if late is Placement.GPU else 0
+                need = max(fp.dit + fp.vae + fp.text, fp.dit + fp.vae + text + max(ws.sampling, ws.after(256)))
+                if need <= budget:
+                    return PlacementPlan(late, stream_decode=False, decode_tile=256, budget=budget, need=need,
+                                         reason="resident; decoded after sampling, tile by tile",
+                                         rejected=tuple(rejected))  # fmt: skip
+                rejected.append(f"{late.value} with the decode after sampling: needs ≈{need / GiB:.1f} GiB")
         if candidate is Placement.SEQUENTIAL_OFFLOAD:
             return _sequential(fp, ws, budget, rejected)
         need = 0
@@ -155,24 +176,36 @@ def _need(candidate: Placement, fp: Footprint, ws: WorkingSet) -> tuple[int, str
     if candidate is Placement.TEXT_OFFLOAD:
         need = max(fp.dit + fp.vae + fp.text, fp.dit + fp.vae + ws.sampling + ws.decode)
         return need, "text encoders on the GPU only while encoding", True
-    need = max(fp.text, fp.dit + ws.sampling, fp.vae + ws.decode)
+    # the decode after sampling runs tile by tile when tiled (untiled: the streamed figure, one tile)
+    decode = ws.decode if ws.decode == ws.decode_untiled else ws.after(256)
+    need = max(fp.text, fp.dit + ws.sampling, fp.vae + decode)
     return need, "one component on the GPU at a time", False
 
 
-def _sequential(fp: Footprint, ws: WorkingSet, budget: int, rejected: list[str]) -> PlacementPlan:
-    fixed = fp.dit_rest + ws.sampling + 2 * max(fp.dit_blocks, default=0)  # 2: one in use, one arriving
-    room = budget - fixed
+def _blocks_fitting(blocks: tuple[int, ...], room: int) -> int:
     keep = 0
-    for b in fp.dit_blocks:
+    for b in blocks:
         if room - b < 0:
             break
         room -= b
         keep += 1
-    dit_need = fixed + sum(fp.dit_blocks[:keep])
-    tile = 256
-    if fp.vae + ws.decode > budget:
-        tile, ws = 128, with_small_tiles(ws)
-    need = max(dit_need, fp.vae + ws.decode, fp.text_largest_block + int(0.5 * GiB))
+    return keep
+
+
+def _sequential(fp: Footprint, ws: WorkingSet, budget: int, rejected: list[str]) -> PlacementPlan:
+    """As many DiT blocks resident as fit beside the sampling working set *and* beside the decode that
+    follows it (the resident blocks stay on the GPU while the VAE decodes). 128 px tiles are chosen when
+    they let more blocks stay: a resident block saves its upload at every one of the video's DiT calls."""
+    fixed = fp.dit_rest + ws.sampling + 2 * max(fp.dit_blocks, default=0)  # 2: one in use, one arriving
+    keep_sampling = _blocks_fitting(fp.dit_blocks, budget - fixed)
+    options = []
+    for tile in (256, 128):
+        keep = min(keep_sampling, _blocks_fitting(fp.dit_blocks, budget - fp.dit_rest - fp.vae - ws.after(tile)))
+        options.append((keep, tile))
+    keep, tile = max(options, key=lambda o: (o[0], o[1]))  # most blocks resident, then the larger tile
+    resident = fp.dit_rest + sum(fp.dit_blocks[:keep])
+    need = max(fixed + sum(fp.dit_blocks[:keep]), resident + fp.vae + ws.after(tile),
+               fp.text_largest_block + int(0.5 * GiB))  # fmt: skip
     return PlacementPlan(Placement.SEQUENTIAL_OFFLOAD, resident_blocks=keep, stream_decode=False, decode_tile=tile,
                          budget=budget, need=need,
                          reason=f"streams {len(fp.dit_blocks) - keep} of {len(fp.dit_blocks)} DiT blocks "

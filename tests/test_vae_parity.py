@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import json
 import shutil
+import sys
 from pathlib import Path
 
 import pytest
 import torch
 from safetensors.torch import load_file
 
-from generation.models.vae import CausalVideoVAE, TilePlan, VAEConfig, VAEConfigError
+from generation.models.vae import CausalVideoVAE, TilePlan, VAEConfig, VAEConfigError, chunk_bounds
 from generation.models.vae.tiling import blend_edge
 from generation.parity import vae as vae_parity
 
@@ -112,6 +113,34 @@ def test_streaming_tiled_equals_reference_tiled_decode(vae, tensors):
     assert_close(out, tensors["decode_tiled.output"])
     with pytest.raises(ValueError, match="latent size changed"):
         stream.push(z[:, :, :1, :4])
+
+
+@torch.no_grad()
+def test_tile_major_decode_gives_the_streamed_frames_and_holds_one_tiles_caches(vae, tensors):
+    """`decode(chunk_window=1, tile_size=...)` runs tile by tile (one tile's causal caches alive at a time);
+    the streamed decoder runs frame by frame over all tiles. Same arithmetic: the same frames, bit for bit,
+    and a smaller peak of live tensors (counted on the meta device, as benchmarks/live_memory.py does)."""
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+    from live_memory import LiveBytes
+
+    z = tensors["decode_tiled.z"]
+    stream = vae.stream_decoder(tile_size=32)
+    streamed = torch.cat([stream.push(z[:, :, a:b]) for a, b in chunk_bounds(z.shape[2], 1)], dim=2)
+    assert torch.equal(vae.decode(z, chunk_window=1, tile_size=32), streamed)
+
+    meta_vae = CausalVideoVAE(vae.config).to("meta")
+    zm = torch.zeros(1, vae.config.latent_channels, 4, 16, 16, device="meta")
+    peaks = {}
+    for order in ("tile_major", "time_major"):
+        mode = LiveBytes()
+        with mode:
+            if order == "tile_major":
+                meta_vae.decode(zm, chunk_window=1, tile_size=32)
+            else:
+                s = meta_vae.stream_decoder(tile_size=32)
+                torch.cat([s.push(zm[:, :, t : t + 1]) for t in range(zm.shape[2])], dim=2)
+        peaks[order] = mode.peak
+    assert 0 < peaks["tile_major"] < peaks["time_major"], peaks
 
 
 @torch.no_grad()
