@@ -169,7 +169,7 @@ def cmd_full(args: argparse.Namespace) -> int:
     device = torch.device(args.device)
     dtype = torch.bfloat16
     mem = _Mem(device)
-    if args.mem_cap_gib:
+    if args.mem_cap_gib and device.type == "cuda":  # on the CPU (a dry run) only the planner sees the cap
         cap_cuda_memory(device, args.mem_cap_gib)
     t = time.perf_counter()
     build_on = torch.device("cpu") if args.planner else device  # the placement moves what it keeps

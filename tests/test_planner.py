@@ -159,3 +159,16 @@ def test_out_of_memory_without_a_plan_is_raised() -> None:
     s = GenerationSettings(placement="gpu")
     gen = PyramidFlowGenerator(build_components(s), s)
     assert gen.plan is None and gen._fall_back() is False
+
+
+def test_generator_follows_a_plan_that_decodes_after_sampling() -> None:
+    # Under a 4 GiB cap the streamed decode (≥ 4.2 GiB) does not fit beside the sampler, but the tiny DiT and
+    # VAE with the tile-by-tile decode after sampling do: streaming is then off even where it was asked for.
+    req = GenerationRequest(prompt="a cat", temp=2, num_inference_steps=(2, 1, 1), video_num_inference_steps=(1, 1, 1))
+    s = GenerationSettings(memory_cap_gib=4.0, stream_decode=True)
+    gen = PyramidFlowGenerator(build_components(s), s)
+    assert gen.plan is not None and gen.plan.placement is Placement.GPU, gen.plan
+    assert (gen.plan.stream_decode, gen.plan.decode_tile) == (False, 256), gen.plan.describe()
+    assert gen.stream_decode is False and gen.decode_tile == 256
+    frames, _ = gen.render(gen.validate(req), noise=GeneratorNoise(1))
+    assert frames.dtype == np.uint8 and frames.shape[0] == 1 + 8 * (2 - 1) and frames.std() > 0
