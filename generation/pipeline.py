@@ -122,7 +122,10 @@ class PyramidFlowGenerator:
             resident_dit or streamed_dit or self._graphs_per_job)
         if self.settings.compile_dit and hasattr(c.dit, "compile_blocks") and not c.dit.compiled:
             c.dit.compile_blocks()
-        self.dit: torch.nn.Module = GraphedDiT(c.dit) if use_graphs else c.dit
+        # one graph per (unit, stage) of every video this model can make: an LRU smaller than that recaptures
+        # every layout of a long video on every job (768p at 31 units has 93)
+        layouts = 3 * sum(VARIANT_MAX_TEMP[r] for r in ("384p", "768p") if c.supports(r))
+        self.dit: torch.nn.Module = GraphedDiT(c.dit, max_graphs=layouts) if use_graphs else c.dit
         stream = self.settings.stream_decode
         tiling = self.settings.vae_tiling
         planned = self.plan.decode_tile if self.plan is not None else DECODE_TILE

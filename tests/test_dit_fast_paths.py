@@ -128,6 +128,19 @@ def test_graph_inputs_copied_only_when_the_source_changed() -> None:
     assert _copy_if_changed(cap, [fresh, current2]) == 1
 
 
+def test_graph_cache_holds_every_layout_of_the_longest_videos() -> None:
+    # An LRU smaller than a video's (unit, stage) count recaptures every layout on every job: the sampler
+    # walks the layouts in order, so each one is evicted before it comes round again.
+    from generation.components import VARIANT_MAX_TEMP
+    from generation.models.graphed import GraphedDiT
+
+    g = GraphedDiT(tiny_dit("pyramid_flux"))
+    assert g.max_graphs >= 3 * sum(VARIANT_MAX_TEMP.values())
+    g._pool = object()  # as after a capture
+    g.clear()  # what model offload does before the DiT leaves the GPU
+    assert not g._graphs and g._pool is None
+
+
 def test_generator_warm_up_and_its_fallback_to_eager_when_compiling_fails() -> None:
     from generation.pipeline import build_generator
     from generation.settings import GenerationSettings

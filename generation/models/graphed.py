@@ -59,7 +59,9 @@ def _copy_if_changed(cap: _Captured, clips: list[torch.Tensor]) -> int:
 class GraphedDiT(nn.Module):
     """Same call contract as the wrapped DiT (`PyramidDiT`); replays a CUDA graph per input layout."""
 
-    def __init__(self, dit: PyramidDiTBase, *, max_graphs: int = 64) -> None:
+    def __init__(self, dit: PyramidDiTBase, *, max_graphs: int = 141) -> None:
+        """max_graphs: graphs kept (least recently used dropped). The default holds every (unit, stage) of a
+        384p and a 768p video (3 × (16 + 31)); each costs its static inputs and output, a few MB at 768p."""
         super().__init__()
         self.dit = dit
         self.model_name = dit.model_name
