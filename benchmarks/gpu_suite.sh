@@ -8,7 +8,8 @@
 #   more:  sd3 384p fast path, miniflux 768p temp=31, fast-vs-plain equality
 #   caps:  the 8 GiB and 4.5 GiB caps, sd3 384p fast path, kernel-kind profile of single DiT layouts
 #   final: miniflux 384p fast path, the 8 GiB and 4.5 GiB caps, miniflux 768p temp=31, fast-vs-plain equality
-#   next:  the 8 GiB and 4.5 GiB caps on the fixed planner, 384p without compile, kernel kinds of the new layout
+#   next:  the 8 GiB and 4.5 GiB caps on the fixed planner, a new prompt length per video (graph capture per
+#          text layout), 384p without compile, kernel kinds of the new layout
 #   ab:    one switch off at a time (fusion, compile, side stream) and the cap variants left out of `speed`
 # Each step has its own time limit, so one failure keeps the rest. Steps that compile fall back to eager
 # when this machine cannot compile, and later steps then stop trying.
@@ -52,8 +53,8 @@ final)  # one device call: every row of the table on the latest code
   ;;
 next)  # the rows the 2026-12-01 calls left open: both caps on the fixed planner, compile's own worth, a new profile
   step flux384_cap8_planner 110 full --model pyramid_flux --graphs --stream --side-stream --planner --mem-cap-gib 8 --repeat 2 --compile
-  step flux384_cap4p5_planner 170 full --model pyramid_flux --graphs --stream --planner --mem-cap-gib 4.5 --repeat 1
   step flux384_cap4p5_planner_graphs 110 full --model pyramid_flux --graphs --offload-graphs --stream --planner --mem-cap-gib 4.5 --repeat 2
+  step flux384_vary_text 120 full --model pyramid_flux --graphs --stream --side-stream --planner --repeat 3 --vary-text --compile
   step flux384_nocompile 70 full --model pyramid_flux --graphs --stream --side-stream --planner --repeat 2
   run_step profile_layouts 110 benchmarks/gpu_profile.py layouts --model pyramid_flux --compile --merge 256
   ;;

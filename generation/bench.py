@@ -143,16 +143,18 @@ def cmd_parity(args: argparse.Namespace) -> int:
     return 0
 
 
-def _random_text(model_name: str, device: torch.device, dtype: torch.dtype, config: object | None = None):
-    """Random T5/CLIP embeddings of the released shapes (or of `config`'s, for the tiny models)."""
+def _random_text(model_name: str, device: torch.device, dtype: torch.dtype, config: object | None = None,
+                 valid: tuple[int, int] = (40, 25)):  # fmt: skip
+    """Random T5/CLIP embeddings of the released shapes (or of `config`'s, for the tiny models), with
+    `valid` real tokens in the two CFG rows."""
     from generation.sampling.pyramid import TextConditioning
 
     g = torch.Generator(device="cpu").manual_seed(0)
     pooled = getattr(config, "pooled_projection_dim", 768 if model_name == "pyramid_flux" else 2048)
     emb = torch.randn(2, 128, getattr(config, "joint_attention_dim", 4096), generator=g) * 0.1
     mask = torch.zeros(2, 128, dtype=torch.long)
-    mask[0, :40] = 1
-    mask[1, :25] = 1
+    mask[0, : valid[0]] = 1
+    mask[1, : valid[1]] = 1
     pool = torch.randn(2, pooled, generator=g)
     return TextConditioning(emb.to(device, dtype), mask.to(device), pool.to(device, dtype), cfg=True)
 
@@ -233,6 +235,9 @@ def cmd_full(args: argparse.Namespace) -> int:
     for rep in range(args.repeat):
         last = rep == args.repeat - 1
         dit_fn = per_call if (per_call is not None and last) else model
+        if args.vary_text and rep:  # a prompt of another length, as in a chat group: new graphs
+            text = _random_text(args.model, device, dtype, dit.config if args.tiny_models else None,
+                                valid=(40, 25 + 3 * rep))  # fmt: skip
         mem.reset()
         noise = GeneratorNoise(rep)
         t0 = time.perf_counter()
@@ -268,6 +273,7 @@ def cmd_full(args: argparse.Namespace) -> int:
                           "graphs": args.graphs, "compile": dit.compiled, "fused": is_fused(dit), "stream": args.stream,
                           "side_stream": args.side_stream, "decode_tile": tile,
                           "attention": args.attention, "mem_cap_gib": args.mem_cap_gib, "rep": rep,
+                          "vary_text": args.vary_text,
                           "placement": pm.placement.value if pm is not None else "gpu",
                           "total_s": round(t2 - t0, 2), "sampling_s": round(t1 - t0, 2),
                           "decode_s": round(t2 - t1, 2), "peak_gib": round(peak, 3),
@@ -499,6 +505,8 @@ def main(argv: list[str] | None = None) -> int:
             p.add_argument("--planner", action="store_true",
                            help="place the models as the memory planner decides for the free memory / --mem-cap-gib")
             p.add_argument("--mem-cap-gib", type=float, default=0.0, help="cap the CUDA allocator (simulate a small card)")
+            p.add_argument("--vary-text", action="store_true",
+                           help="each run after the first has a prompt of another length (graphs are per text layout)")
         if name == "tiny":
             p.add_argument("--compile", action="store_true", help="also run with compiled DiT blocks")
         if name == "profile":
