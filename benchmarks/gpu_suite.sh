@@ -54,9 +54,10 @@ final)  # one device call: every row of the table on the latest code
 next)  # the rows the 2026-12-01 calls left open: both caps on the fixed planner, compile's own worth, a new profile
   step flux384_cap8_planner 110 full --model pyramid_flux --graphs --stream --side-stream --planner --mem-cap-gib 8 --repeat 2 --compile
   step flux384_cap4p5_planner_graphs 110 full --model pyramid_flux --graphs --offload-graphs --stream --planner --mem-cap-gib 4.5 --repeat 2
-  step flux384_vary_text 120 full --model pyramid_flux --graphs --stream --side-stream --planner --repeat 3 --vary-text --compile
+  step flux384_vary_text 100 full --model pyramid_flux --graphs --stream --side-stream --planner --repeat 3 --vary-text --compile
+  step flux384_vary_text_bucket 100 full --model pyramid_flux --graphs --stream --side-stream --planner --repeat 3 --vary-text --text-bucket 32 --compile
   step flux384_nocompile 70 full --model pyramid_flux --graphs --stream --side-stream --planner --repeat 2
-  run_step profile_layouts 110 benchmarks/gpu_profile.py layouts --model pyramid_flux --compile --merge 256
+  run_step profile_layouts 100 benchmarks/gpu_profile.py layouts --model pyramid_flux --compile --merge 256
   ;;
 ab)  # what each switch is worth, and the cap variants `speed` leaves out
   step flux384_nofuse 80 full --model pyramid_flux --graphs --stream --side-stream --planner --repeat 2 --no-fuse $(fast)

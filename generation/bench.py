@@ -207,6 +207,7 @@ def cmd_full(args: argparse.Namespace) -> int:
         fuse_projections(dit)
     if args.untiled:
         tile = None
+    dit.text_bucket = args.text_bucket
     use = pm.use if pm is not None else (lambda *_m: contextlib.nullcontext())
     _sync()
     print(f"built random {args.model} + VAE on {device} in {time.perf_counter() - t:.1f}s")
@@ -273,7 +274,7 @@ def cmd_full(args: argparse.Namespace) -> int:
                           "graphs": args.graphs, "compile": dit.compiled, "fused": is_fused(dit), "stream": args.stream,
                           "side_stream": args.side_stream, "decode_tile": tile,
                           "attention": args.attention, "mem_cap_gib": args.mem_cap_gib, "rep": rep,
-                          "vary_text": args.vary_text,
+                          "vary_text": args.vary_text, "text_bucket": args.text_bucket,
                           "placement": pm.placement.value if pm is not None else "gpu",
                           "total_s": round(t2 - t0, 2), "sampling_s": round(t1 - t0, 2),
                           "decode_s": round(t2 - t1, 2), "peak_gib": round(peak, 3),
@@ -505,6 +506,8 @@ def main(argv: list[str] | None = None) -> int:
             p.add_argument("--planner", action="store_true",
                            help="place the models as the memory planner decides for the free memory / --mem-cap-gib")
             p.add_argument("--mem-cap-gib", type=float, default=0.0, help="cap the CUDA allocator (simulate a small card)")
+            p.add_argument("--text-bucket", type=int, default=0,
+                           help="mask text pads by key, text kept to multiples of N tokens (graphs per bucket)")
             p.add_argument("--vary-text", action="store_true",
                            help="each run after the first has a prompt of another length (graphs are per text layout)")
         if name == "tiny":

@@ -120,6 +120,8 @@ class PyramidFlowGenerator:
         self._graphs_per_job = placement.placement is Placement.MODEL_OFFLOAD or streamed_dit
         use_graphs = self.settings.cuda_graphs and placement.device.type == "cuda" and (
             resident_dit or streamed_dit or self._graphs_per_job)
+        if hasattr(c.dit, "text_bucket"):
+            c.dit.text_bucket = self.settings.text_bucket
         if self.settings.compile_dit and hasattr(c.dit, "compile_blocks") and not c.dit.compiled:
             c.dit.compile_blocks()
         # one graph per (unit, stage) of every video this model can make: an LRU smaller than that recaptures

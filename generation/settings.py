@@ -45,6 +45,12 @@ class GenerationSettings(BaseModel):
     # memory, into the graph's own memory) are captured with the kernels, so a replay re-uploads them and
     # the host no longer launches every kernel. Off until timed on a GPU (benchmarks/RESULTS.md).
     offload_cuda_graphs: bool = False
+    # 0: each CFG row's text pads are cut out of its attention ranges, so CUDA graphs are per prompt length
+    # (a new token count captures a video's graphs again, ~4.6 s at 384p on an H200). N > 0: the pads are
+    # masked by key instead, the text kept to a multiple of N tokens, and one graph serves every prompt of
+    # a bucket; the attention calls then take a mask (the memory-efficient kernel, not flash). Same
+    # velocity (tests/test_dit_fast_paths.py). Off until timed on a GPU (benchmarks/RESULTS.md).
+    text_bucket: int = Field(default=0, ge=0)
     attention_backend: AttentionBackend = "prefix"  # exact per-time-group attention, or the dense mask
     bit_faithful_bf16: bool = True  # round latents/timesteps to the model dtype like the reference
 

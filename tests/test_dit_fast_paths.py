@@ -159,3 +159,47 @@ def test_generator_warm_up_and_its_fallback_to_eager_when_compiling_fails() -> N
     gen.c.dit.runners = BlockRunners(joint=broken, single=broken, compiled=True)
     assert gen.warm_up() >= 0.0
     assert calls and not gen.c.dit.compiled  # logged, and the blocks run eagerly from now on
+
+
+def test_text_bucket_masks_the_pads_and_gives_the_same_velocity() -> None:
+    """`text_bucket`: pads masked by key instead of cut out of each row's ranges. Same velocity for every
+    layout (merged runs of small frames included), both backends, rows of different text lengths; one
+    plan serves every mask of a bucket, so CUDA graphs no longer depend on the prompt's length."""
+    for name in ("pyramid_flux", "pyramid_mmdit"):
+        model = _tiny(name)
+        model.merge_tokens = 40  # small frames of the tiny layouts are merged into masked calls
+        for backend in ("prefix", "dense"):
+            model.set_attention_backend(backend)
+            for i, shapes in enumerate(LAYOUTS):
+                for valid in ((5, 3), (2, 7), (9, 9)):
+                    inputs = _inputs(shapes, valid=valid, seed=i)
+                    with torch.no_grad():
+                        model.text_bucket = 0
+                        expected = model(*inputs)
+                        model.text_bucket = 4
+                        masked = model(*inputs)
+                    assert torch.isfinite(masked).all()
+                    torch.testing.assert_close(masked, expected, atol=2e-5, rtol=2e-5)
+        model.set_attention_backend("prefix")
+        model.text_bucket = 4
+        model.plan_cache.clear()
+        builds = model.plan_cache.builds
+        shapes = LAYOUTS[2]
+        with torch.no_grad():
+            for valid in ((5, 3), (6, 1), (8, 5)):  # all within the 8-token bucket
+                model(*_inputs(shapes, valid=valid))
+        assert model.plan_cache.builds == builds + 1
+        plan = model.forward_plan(_inputs(shapes, valid=(5, 3))[0], _inputs(shapes, valid=(5, 3))[2])
+        assert plan.text_order is None and plan.attention.text_len == 8 and plan.attention.pad_counts == (0, 0)
+        assert model.text_key(_inputs(shapes, valid=(2, 1))[2])[1] == ("text_bucket", 4)
+
+
+def test_graph_key_follows_the_text_bucket_not_the_prompt_length() -> None:
+    from generation.models.graphed import GraphedDiT
+
+    g = GraphedDiT(_tiny("pyramid_flux"))
+    a, b = _inputs(LAYOUTS[1], valid=(5, 3)), _inputs(LAYOUTS[1], valid=(5, 2))
+    assert g.key(*a) != g.key(*b)  # per-row ranges: one graph per text mask
+    g.dit.text_bucket = 8
+    assert g.key(*a) == g.key(*b)  # masked pads: one graph per bucket
+    assert g.key(*a) != g.key(*_inputs(LAYOUTS[1], valid=(9, 2)))  # 9 tokens: the next bucket

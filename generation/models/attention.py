@@ -179,24 +179,43 @@ def attend(
     backend: Backend = "prefix",
     *,
     image_only: bool = False,
+    key_valid: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Attention under the Pyramid Flow rule.
 
     q: [B, H, Lq, D] where Lq = L (all queries) or the image part only (``image_only``); k, v: [B, H, L, D].
+    key_valid: bool [B, L], False at text pads the plan does not cut out (its pad counts are then zero):
+    every query skips those keys. Pad queries then see the valid keys, not the pads; their outputs are
+    never read (no valid token attends to a pad), so every other output follows the rule exactly.
     Returns [B, H, Lq, D].
     """
     if q.is_cuda:
         with sdpa_kernel(SAFE_SDPA):
-            return _attend(q, k, v, plan, backend, image_only)
-    return _attend(q, k, v, plan, backend, image_only)
+            return _attend(q, k, v, plan, backend, image_only, key_valid)
+    return _attend(q, k, v, plan, backend, image_only, key_valid)
+
+
+def _with_keys(mask: torch.Tensor | None, key_valid: torch.Tensor | None, rows: slice, k0: int, k1: int,
+               text_len: int) -> torch.Tensor | None:  # fmt: skip
+    if key_valid is None or k0 >= text_len:  # no text keys in the range: nothing to mask
+        return mask
+    keys = key_valid[rows, None, None, k0:k1]
+    return keys if mask is None else mask & keys
 
 
 def _attend(
-    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, plan: AttentionPlan, backend: Backend, image_only: bool
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    plan: AttentionPlan,
+    backend: Backend,
+    image_only: bool,
+    key_valid: torch.Tensor | None = None,
 ) -> torch.Tensor:
     lt = plan.text_len
     if backend == "dense":
-        mask = plan.dense_mask()
+        mask = _with_keys(plan.dense_mask(), key_valid, slice(None), 0, plan.seq_len, lt)
+        assert mask is not None
         if image_only:
             mask = mask[:, :, lt:]
         return F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
@@ -208,14 +227,16 @@ def _attend(
         c = calls[0]
         if c.rows == slice(None) and c.q0 - base == 0 and c.q1 - base == q.shape[2]:
             return F.scaled_dot_product_attention(
-                q, k[:, :, c.k0 : c.k1], v[:, :, c.k0 : c.k1], attn_mask=c.mask
-            )
+                q, k[:, :, c.k0 : c.k1], v[:, :, c.k0 : c.k1],
+                attn_mask=_with_keys(c.mask, key_valid, c.rows, c.k0, c.k1, lt),
+            )  # fmt: skip
     out = torch.empty_like(q)
     for c in calls:
         qs, qe = c.q0 - base, c.q1 - base
         out[c.rows, :, qs:qe] = F.scaled_dot_product_attention(
-            q[c.rows, :, qs:qe], k[c.rows, :, c.k0 : c.k1], v[c.rows, :, c.k0 : c.k1], attn_mask=c.mask
-        )
+            q[c.rows, :, qs:qe], k[c.rows, :, c.k0 : c.k1], v[c.rows, :, c.k0 : c.k1],
+            attn_mask=_with_keys(c.mask, key_valid, c.rows, c.k0, c.k1, lt),
+        )  # fmt: skip
     return out
 
 
@@ -237,6 +258,7 @@ class AttnContext:
     rope: torch.Tensor | None  # float32 [L, D/2, 2] (cos, sin) rotation table, or None
     backend: Backend
     compiled: bool = False  # the blocks run under torch.compile: attention stays eager (a graph break)
+    key_valid: torch.Tensor | None = None  # bool [B, L]: False at text pads (DiT `text_bucket` mode)
 
 
 class PyramidAttnProcessor:
@@ -309,7 +331,9 @@ class PyramidAttnProcessor:
             q = apply_rope(q, table[ctx.plan.text_len :] if image_only else table, real=ctx.compiled)
             k = apply_rope(k, table, real=ctx.compiled)
         q, k, v = q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)
-        o = (_attend_eager if ctx.compiled else attend)(q, k, v, ctx.plan, ctx.backend, image_only=image_only)
+        o = (_attend_eager if ctx.compiled else attend)(
+            q, k, v, ctx.plan, ctx.backend, image_only=image_only, key_valid=ctx.key_valid
+        )
         o = o.transpose(1, 2).reshape(b, o.shape[2], heads * d).to(hidden_states.dtype)
         if encoder_hidden_states is None:
             return o

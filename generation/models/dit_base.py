@@ -4,7 +4,7 @@ tables), its cache, the text re-ordering and the input checks of the forward con
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Hashable, Sequence
 from dataclasses import dataclass
 
 import torch
@@ -26,11 +26,29 @@ from generation.models.positions import TokenLayout, token_layout
 log = logging.getLogger(__name__)
 
 
+def bucketed_text_len(valid: torch.Tensor, bucket: int) -> int:
+    """Text tokens kept with `text_bucket`: the longest row's valid count rounded up to the bucket."""
+    longest = int(valid.sum(dim=1).max())
+    return min(valid.shape[1], max(bucket, -(-longest // bucket) * bucket))
+
+
+def masked_text_order(mask: torch.Tensor, text_len: int, seq_len: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """On the mask's device, no host sync (so inside a CUDA graph): the pads-first order keeping the last
+    `text_len` text tokens of each row (all its valid ones), and the key mask of the whole sequence
+    (bool [B, seq_len]: False at the kept pads)."""
+    valid = mask != 0
+    order = torch.argsort(valid.to(torch.int8), dim=1, stable=True)[:, valid.shape[1] - text_len :]
+    text_valid = torch.gather(valid, 1, order)
+    return order, torch.cat([text_valid, text_valid.new_ones(valid.shape[0], seq_len - text_len)], dim=1)
+
+
 @dataclass(frozen=True, slots=True)
 class ForwardPlan:
     layout: TokenLayout
     attention: AttentionPlan
-    text_order: torch.Tensor  # int64 [B, L_t'] on the model device: pads first, shared pads dropped
+    # int64 [B, L_t'] on the model device: pads first, shared pads dropped. None with `text_bucket`: the
+    # order is then computed from the mask on the device at each forward (`text_and_context`)
+    text_order: torch.Tensor | None
     rope: torch.Tensor | None  # float32 [L, D/2, 2] (cos, sin)
     pos_embed: torch.Tensor | None  # additive image-token embedding [N, D] (mmdit), model dtype
 
@@ -45,6 +63,10 @@ class PyramidDiTBase(nn.Module):
         self.plan_cache = PlanCache()
         self._mask_reader = HostMaskReader()
         self.runners = BlockRunners.eager()
+        # 0: each CFG row's text pads are cut out of its attention ranges, so plans (and CUDA graphs) are
+        # per text mask. > 0: pads are masked out by a key mask read from the device, the text is kept to a
+        # multiple of `text_bucket` tokens, and one plan (one graph) serves every mask of that bucket.
+        self.text_bucket = 0
 
     def compile_blocks(self, enabled: bool = True, **options: object) -> None:
         """Run the transformer blocks under `torch.compile` (exact up to floating-point reassociation by the
@@ -119,38 +141,59 @@ class PyramidDiTBase(nn.Module):
         step to avoid a device sync per forward.
         """
         device, dtype = self.device, self.dtype
-        valid, signature = self._mask_reader(encoder_attention_mask)
+        valid, text_key = self.text_key(encoder_attention_mask)
         shapes = tuple((int(c.shape[2]), int(c.shape[3]), int(c.shape[4])) for c in clips)
-        key = (shapes, signature, str(device), dtype, self.merge_tokens, *self._plan_key_extra())
+        key = (shapes, text_key, str(device), dtype, self.merge_tokens, *self._plan_key_extra())
         build: Callable[[], ForwardPlan] = lambda: self._build_plan(shapes, valid, device, dtype)  # noqa: E731
         return self.plan_cache.get(key, build)
+
+    def text_key(self, encoder_attention_mask: torch.Tensor) -> tuple[torch.Tensor, Hashable]:
+        """(host copy of the valid mask, what plans and graphs depend on): the mask itself, or with
+        `text_bucket` only the number of text tokens kept."""
+        valid, signature = self._mask_reader(encoder_attention_mask)
+        if not self.text_bucket:
+            return valid, signature
+        return valid, ("text_bucket", bucketed_text_len(valid, self.text_bucket))
 
     def _build_plan(
         self, shapes: tuple[tuple[int, int, int], ...], valid: torch.Tensor, device: torch.device, dtype: torch.dtype
     ) -> ForwardPlan:
         layout = token_layout(shapes)
-        order, pads = text_order(valid)
-        # Padding is isolated (a pad token attends to pads only, and nothing else attends to it), so text
-        # pads never reach an image token: the pads every row has are dropped from the sequence (exact).
-        drop = min(min(pads), valid.shape[1] - 1)
-        order, pads = order[:, drop:], tuple(p - drop for p in pads)
-        text_len = valid.shape[1] - drop
+        order: torch.Tensor | None
+        if self.text_bucket:  # pads masked by key at each forward: the plan only knows the kept length
+            text_len = bucketed_text_len(valid, self.text_bucket)
+            order, pads = None, (0,) * valid.shape[0]
+        else:
+            order, pads = text_order(valid)
+            # Padding is isolated (a pad token attends to pads only, and nothing else attends to it), so text
+            # pads never reach an image token: the pads every row has are dropped from the sequence (exact).
+            drop = min(min(pads), valid.shape[1] - 1)
+            order, pads = order[:, drop:].to(device), tuple(p - drop for p in pads)
+            text_len = valid.shape[1] - drop
         attention = build_attention_plan(pads, text_len, layout.frame_tokens, device, merge_tokens=self.merge_tokens)
         rope, pos = self._position_tables(layout, text_len, device, dtype)
         log.debug(
             "built DiT forward plan: clips=%s text_pads=%s tokens=%d calls=%d",
             shapes, pads, attention.seq_len, len(attention.calls_all),
         )
-        return ForwardPlan(layout, attention, order.to(device), rope, pos)
+        return ForwardPlan(layout, attention, order, rope, pos)
 
-    def context(self, plan: ForwardPlan) -> AttnContext:
-        return AttnContext(plan.attention, plan.rope, self.attention_backend, self.runners.compiled)
+    def context(self, plan: ForwardPlan, key_valid: torch.Tensor | None = None) -> AttnContext:
+        return AttnContext(plan.attention, plan.rope, self.attention_backend, self.runners.compiled, key_valid)
+
+    def text_and_context(
+        self, text: torch.Tensor, encoder_attention_mask: torch.Tensor, plan: ForwardPlan
+    ) -> tuple[torch.Tensor, AttnContext]:
+        """The text tokens in the plan's order, and the attention context of this forward."""
+        if plan.text_order is not None:
+            return self.reorder_text(text, plan.text_order), self.context(plan)
+        order, key_valid = masked_text_order(encoder_attention_mask, plan.attention.text_len, plan.attention.seq_len)
+        return self.reorder_text(text, order), self.context(plan, key_valid)
 
     @staticmethod
-    def reorder_text(x: torch.Tensor, plan: ForwardPlan) -> torch.Tensor:
-        """Gather text tokens [B, L_t, F] into the plan's pads-first order, without the shared pads."""
-        idx = plan.text_order
-        return torch.gather(x, 1, idx[:, :, None].expand(-1, -1, x.shape[-1]))
+    def reorder_text(x: torch.Tensor, order: torch.Tensor) -> torch.Tensor:
+        """Gather text tokens [B, L_t, F] into a pads-first order [B, L_t'] (without the dropped pads)."""
+        return torch.gather(x, 1, order[:, :, None].expand(-1, -1, x.shape[-1]))
 
     @staticmethod
     def batch_timestep(timestep: torch.Tensor | float, batch: int, device: torch.device) -> torch.Tensor:

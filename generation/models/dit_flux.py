@@ -86,12 +86,13 @@ class PyramidFluxDiT(PyramidDiTBase):
 
         tokens = torch.cat([pack_patches(c.to(dtype)) for c in clips], dim=1)
         hidden = self.x_embedder(tokens)
-        text = self.context_embedder(self.reorder_text(encoder_hidden_states.to(dtype), plan))
+        text_in, ctx = self.text_and_context(encoder_hidden_states.to(dtype), encoder_attention_mask, plan)
+        text = self.context_embedder(text_in)
         temb = self.time_text_embed(
             self.batch_timestep(timestep, batch, hidden.device), pooled_projections.to(dtype)
         )
 
-        kwargs = {"ctx": self.context(plan)}
+        kwargs = {"ctx": ctx}
         run = self.runners
         for block in self.transformer_blocks:
             text, hidden = run.joint(block, hidden, text, temb, kwargs)

@@ -42,6 +42,7 @@ class _Captured:
     # What each static clip last received: (source, its version counter). History clips are the same
     # tensors at every step of a (unit, stage), so they are copied once, not at every replay.
     last: list[tuple[weakref.ref[torch.Tensor], int] | None]
+    mask: torch.Tensor | None = None  # static text mask, when the graph reads it (DiT `text_bucket` mode)
 
 
 def _copy_if_changed(cap: _Captured, clips: list[torch.Tensor]) -> int:
@@ -102,25 +103,39 @@ class GraphedDiT(nn.Module):
             or timestep.device != clips[-1].device
         ):
             return self.dit(*args)
-        _, signature = self.dit._mask_reader(encoder_attention_mask)
-        key = (
-            tuple((tuple(c.shape), c.dtype) for c in clips),
-            tuple(encoder_hidden_states.shape), encoder_hidden_states.dtype,
-            tuple(pooled_projections.shape), pooled_projections.dtype,
-            tuple(timestep.shape), timestep.dtype,
-            signature, clips[-1].device, self.dit.attention_backend, self.dit.merge_tokens,
-        )
+        key = self.key(*args)
         cap = self._graphs.get(key)
         if cap is None:
             cap = self._capture(key, *args)
         else:
             self._graphs.move_to_end(key)
         _copy_if_changed(cap, clips)
+        if cap.mask is not None:
+            cap.mask.copy_(encoder_attention_mask)
         cap.text.copy_(encoder_hidden_states)
         cap.pooled.copy_(pooled_projections)
         cap.timestep.copy_(timestep)
         cap.graph.replay()
         return cap.out.clone()
+
+    def key(
+        self,
+        clips: list[torch.Tensor],
+        encoder_hidden_states: torch.Tensor,
+        encoder_attention_mask: torch.Tensor,
+        pooled_projections: torch.Tensor,
+        timestep: torch.Tensor,
+    ) -> Hashable:
+        """What a captured graph is specific to: shapes, dtypes, the text mask (or, with the DiT's
+        `text_bucket`, only its bucket), the device and the attention settings."""
+        _, text_key = self.dit.text_key(encoder_attention_mask)
+        return (
+            tuple((tuple(c.shape), c.dtype) for c in clips),
+            tuple(encoder_hidden_states.shape), encoder_hidden_states.dtype,
+            tuple(pooled_projections.shape), pooled_projections.dtype,
+            tuple(timestep.shape), timestep.dtype,
+            text_key, clips[-1].device, self.dit.attention_backend, self.dit.merge_tokens, self.dit.text_bucket,
+        )  # fmt: skip
 
     def _capture(
         self,
@@ -133,6 +148,11 @@ class GraphedDiT(nn.Module):
     ) -> _Captured:
         s_clips = [c.clone() for c in clips]
         s_text, s_pooled, s_t = text.clone(), pooled.clone(), timestep.clone()
+        s_mask = None
+        if self.dit.text_bucket:  # the graph reads the mask on the device: a static copy, refreshed per call
+            s_mask = mask.clone()
+            self.dit.text_key(s_mask)  # its host copy is read now, outside the capture (a device sync)
+            mask = s_mask
         plan = self.dit.forward_plan(s_clips, mask)  # host-side work and H2D copies stay outside capture
         if self.dit.attention_backend == "dense":
             plan.attention.dense_mask()
@@ -153,7 +173,7 @@ class GraphedDiT(nn.Module):
                 out = self.dit(s_clips, s_text, mask, s_pooled, s_t)
         if self._pool is None:
             self._pool = graph.pool()
-        cap = _Captured(graph, s_clips, s_text, s_pooled, s_t, out, plan, [None] * len(s_clips))
+        cap = _Captured(graph, s_clips, s_text, s_pooled, s_t, out, plan, [None] * len(s_clips), s_mask)
         self._graphs[key] = cap
         while len(self._graphs) > self.max_graphs:
             self._graphs.popitem(last=False)
