@@ -118,22 +118,14 @@ class GraphedDiT(nn.Module):
         cap.graph.replay()
         return cap.out.clone()
 
-    def key(
-        self,
-        clips: list[torch.Tensor],
-        encoder_hidden_states: torch.Tensor,
-        encoder_attention_mask: torch.Tensor,
-        pooled_projections: torch.Tensor,
-        timestep: torch.Tensor,
-    ) -> Hashable:
-        """What a captured graph is specific to: shapes, dtypes, the text mask (or, with the DiT's
-        `text_bucket`, only its bucket), the device and the attention settings."""
-        _, text_key = self.dit.text_key(encoder_attention_mask)
+    def key(self, *args: Any) -> Hashable:
+        """What a captured graph for these forward arguments is specific to: shapes, dtypes, the text mask
+        (or, with the DiT's `text_bucket`, only its bucket), the device and the attention settings."""
+        clips, text, mask, pooled, timestep = args
+        _, text_key = self.dit.text_key(mask)
         return (
-            tuple((tuple(c.shape), c.dtype) for c in clips),
-            tuple(encoder_hidden_states.shape), encoder_hidden_states.dtype,
-            tuple(pooled_projections.shape), pooled_projections.dtype,
-            tuple(timestep.shape), timestep.dtype,
+            tuple((tuple(c.shape), c.dtype) for c in clips), tuple(text.shape), text.dtype,
+            tuple(pooled.shape), pooled.dtype, tuple(timestep.shape), timestep.dtype,
             text_key, clips[-1].device, self.dit.attention_backend, self.dit.merge_tokens, self.dit.text_bucket,
         )  # fmt: skip
 
