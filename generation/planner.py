@@ -42,7 +42,7 @@ DECODE_WORKING_SET_UNTILED = {"384p": int(7.8 * GiB), "768p": int(31.3 * GiB)}
 # benchmarks/live_memory.py for a 5 s (384p) / 10 s (768p) video, decoded video included, times 1.35: the
 # ratio of the GPU peaks above to the same count of the streamed decode (1.13-1.32), rounded up.
 LIVE_TO_CUDA = 1.35
-DECODE_AFTER_LIVE_GIB = {("384p", 256): 1.69, ("384p", 128): 0.863, ("768p", 256): 6.876, ("768p", 128): 7.171}
+DECODE_AFTER_LIVE_GIB = {("384p", 256): 1.69, ("384p", 128): 0.684, ("768p", 256): 3.903, ("768p", 128): 3.1}
 # DiT working set per token of the largest forward (CFG batch 2, bf16): activations of one block with
 # its MLP, attention outputs, the residual stream and the final projection, with a 2x margin.
 DIT_BYTES_PER_TOKEN = {"pyramid_flux": 160 * 1920, "pyramid_mmdit": 160 * 1536}

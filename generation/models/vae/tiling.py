@@ -8,7 +8,7 @@ is then cropped to `keep` rows/columns before concatenation.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
 import torch
@@ -53,24 +53,27 @@ class TilePlan:
             for i in self.starts(h)
         ]
 
-    def merge(self, tiles: list[list[Tensor]]) -> Tensor:
-        """Blend processed tiles (`[..., h, w]` each) and stitch them into one tensor."""
-        blended: list[list[Tensor]] = []
+    def merge(self, tiles: Iterable[list[Tensor]]) -> Tensor:
+        """Blend processed tiles (`[..., h, w]` each) and stitch them into one tensor. Rows are consumed one
+        at a time and only the previous row is kept for blending, so a generator of rows keeps at most two
+        rows of processed tiles alive."""
+        prev: list[Tensor] = []
         rows_out = []
         for i, row in enumerate(tiles):
             done_row: list[Tensor] = []
             for j, tile in enumerate(row):
                 if i > 0:
-                    tile = blend_edge(blended[i - 1][j], tile, self.blend_out, dim=-2)
+                    tile = blend_edge(prev[j], tile, self.blend_out, dim=-2)
                 if j > 0:
                     tile = blend_edge(done_row[j - 1], tile, self.blend_out, dim=-1)
                 done_row.append(tile)
-            blended.append(done_row)
+            prev = done_row
             rows_out.append(torch.cat([t[..., : self.keep_out, : self.keep_out] for t in done_row], dim=-1))
         return torch.cat(rows_out, dim=-2)
 
     def apply(self, x: Tensor, fn: Callable[[Tensor], Tensor]) -> Tensor:
-        return self.merge([[fn(t) for t in row] for row in self.split(x)])
+        """`fn` on every tile, row by row, blended as the rows come (two rows of results alive at most)."""
+        return self.merge([fn(t) for t in row] for row in self.split(x))
 
 
 def blend_edge(prev: Tensor, cur: Tensor, extent: int, dim: int) -> Tensor:
