@@ -95,6 +95,7 @@ def cmd_tiny(args: argparse.Namespace) -> int:
         "gpu_stream_side": {"placement": "gpu", "vae_tiling": True, "stream_decode": True, "decode_side_stream": True},
         "sequential_offload_graphs": {"placement": "sequential_offload", "vae_tiling": True,
                                       "offload_cuda_graphs": True},
+        "gpu_text_bucket": {"placement": "gpu", "vae_tiling": True, "text_bucket": 32},  # masked pads, graphs
     }
     if args.compile:
         variants["gpu_stream_side_compiled"] = {"placement": "gpu", "vae_tiling": True, "stream_decode": True,
@@ -121,6 +122,9 @@ def cmd_tiny(args: argparse.Namespace) -> int:
         print(f"{a} == {b}: {same}")
     d = np.abs(frames["gpu"].astype(np.int16) - frames["model_offload"].astype(np.int16))
     print(json.dumps({"check": "tiny_fused_resident_vs_unfused_offload_frames", "max_abs": int(d.max()),
+                      "mean_abs": float(d.mean()), "frac_diff": float((d > 0).mean())}))
+    d = np.abs(frames["gpu_text_bucket"].astype(np.int16) - frames["gpu"].astype(np.int16))
+    print(json.dumps({"check": "tiny_text_bucket_vs_per_row_frames", "max_abs": int(d.max()),
                       "mean_abs": float(d.mean()), "frac_diff": float((d > 0).mean())}))
     if "gpu_stream_side_compiled" in frames:
         d = np.abs(frames["gpu_stream_side_compiled"].astype(np.int16) - frames["gpu_stream_side"].astype(np.int16))
