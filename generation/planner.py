@@ -161,7 +161,7 @@ def plan_placement(fp: Footprint, ws: WorkingSet, budget: int, *, start: Placeme
         for tile, w in ((None, untiled), (256, ws)):
             if w is None:
                 continue
-            need, reason, stream = _need(candidate, fp, w)
+            need, reason, stream = _need(candidate, fp, w, tile)
             if need <= budget:
                 return PlacementPlan(candidate, stream_decode=stream, decode_tile=tile, budget=budget, need=need,
                                      reason=reason, rejected=tuple(rejected))  # fmt: skip
@@ -169,7 +169,7 @@ def plan_placement(fp: Footprint, ws: WorkingSet, budget: int, *, start: Placeme
     raise AssertionError("unreachable: sequential offload always returns a plan")
 
 
-def _need(candidate: Placement, fp: Footprint, ws: WorkingSet) -> tuple[int, str, bool]:
+def _need(candidate: Placement, fp: Footprint, ws: WorkingSet, tile: int | None) -> tuple[int, str, bool]:
     """(estimated peak, reason, streamed decode) of one of the resident / model-offload candidates."""
     if candidate is Placement.GPU:
         return fp.text + fp.dit + fp.vae + ws.sampling + ws.decode, "everything resident", True
@@ -177,7 +177,7 @@ def _need(candidate: Placement, fp: Footprint, ws: WorkingSet) -> tuple[int, str
         need = max(fp.dit + fp.vae + fp.text, fp.dit + fp.vae + ws.sampling + ws.decode)
         return need, "text encoders on the GPU only while encoding", True
     # the decode after sampling runs tile by tile when tiled (untiled: the streamed figure, one tile)
-    decode = ws.decode if ws.decode == ws.decode_untiled else ws.after(256)
+    decode = ws.decode if tile is None else ws.after(tile)
     need = max(fp.text, fp.dit + ws.sampling, fp.vae + decode)
     return need, "one component on the GPU at a time", False
 

@@ -20,14 +20,10 @@ from typing import Any
 
 import torch
 from torch import nn
-from torch.nn.attention import sdpa_kernel
 
-from generation.models.attention import SAFE_SDPA
 from generation.models.dit_base import PyramidDiTBase
 
 log = logging.getLogger(__name__)
-
-GRAPH_SAFE_SDPA = SAFE_SDPA  # the kernels `attend` allows on CUDA, captured or not
 
 
 @dataclass(slots=True)
@@ -148,21 +144,21 @@ class GraphedDiT(nn.Module):
         plan = self.dit.forward_plan(s_clips, mask)  # host-side work and H2D copies stay outside capture
         if self.dit.attention_backend == "dense":
             plan.attention.dense_mask()
-        with sdpa_kernel(GRAPH_SAFE_SDPA):
-            # Library handles / workspaces are created by one eager run first. Compiled blocks get one per
-            # layout: a first launch may compile or autotune a kernel, which cannot happen under capture.
-            if not self._warm or getattr(self.dit, "compiled", False):
-                if self._warm_stream is None:  # one stream: the allocator caches memory per stream
-                    self._warm_stream = torch.cuda.Stream()
-                stream = self._warm_stream
-                stream.wait_stream(torch.cuda.current_stream())
-                with torch.cuda.stream(stream):
-                    self.dit(s_clips, s_text, mask, s_pooled, s_t)
-                torch.cuda.current_stream().wait_stream(stream)
-                self._warm = True
-            graph = torch.cuda.CUDAGraph()
-            with torch.cuda.graph(graph, pool=self._pool):
-                out = self.dit(s_clips, s_text, mask, s_pooled, s_t)
+        # The SDPA kernels are `attend`'s (SAFE_SDPA: no cuDNN, which crashed on replay). Library handles /
+        # workspaces are created by one eager run first. Compiled blocks get one per
+        # layout: a first launch may compile or autotune a kernel, which cannot happen under capture.
+        if not self._warm or getattr(self.dit, "compiled", False):
+            if self._warm_stream is None:  # one stream: the allocator caches memory per stream
+                self._warm_stream = torch.cuda.Stream()
+            stream = self._warm_stream
+            stream.wait_stream(torch.cuda.current_stream())
+            with torch.cuda.stream(stream):
+                self.dit(s_clips, s_text, mask, s_pooled, s_t)
+            torch.cuda.current_stream().wait_stream(stream)
+            self._warm = True
+        graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(graph, pool=self._pool):
+            out = self.dit(s_clips, s_text, mask, s_pooled, s_t)
         if self._pool is None:
             self._pool = graph.pool()
         cap = _Captured(graph, s_clips, s_text, s_pooled, s_t, out, plan, [None] * len(s_clips), s_mask)
