@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The GPU figures of benchmarks/RESULTS.md, in device calls of under 10 minutes each (speed and more
 # give every row of the issue-5 table; ab says what each switch is worth).
-# Usage (on the GPU machine, repo root): bash benchmarks/gpu_suite.sh OUT_DIR [speed|more|ab|768]
+# Usage (on the GPU machine, repo root): bash benchmarks/gpu_suite.sh OUT_DIR [speed|more|caps|final|next|bucket|ab|768]
 #   speed: smoke checks (placements, side-stream decode, graphs under offload), miniflux 384p fast path
 #          (+ per-call DiT times), the 8 GiB and 4.5 GiB caps as planned, 384p without compile and without
 #          streaming (separate sampling / decode peaks)
@@ -10,6 +10,8 @@
 #   final: miniflux 384p fast path, the 8 GiB and 4.5 GiB caps, miniflux 768p temp=31, fast-vs-plain equality
 #   next:  the 8 GiB and 4.5 GiB caps on the fixed planner, a new prompt length per video (graph capture per
 #          text layout), 384p without compile, kernel kinds of the new layout
+#   bucket: text_bucket with the text attended apart (equality incl. the bucket path, a new prompt length per
+#          video), the 8 GiB cap on the fixed planner, and the fast path without the bucket in the same call
 #   ab:    one switch off at a time (fusion, compile, side stream) and the cap variants left out of `speed`
 # Each step has its own time limit, so one failure keeps the rest. Steps that compile fall back to eager
 # when this machine cannot compile, and later steps then stop trying.
@@ -58,6 +60,12 @@ next)  # the rows the 2026-12-01 calls left open: both caps on the fixed planner
   step flux384_vary_text_bucket 100 full --model pyramid_flux --graphs --stream --side-stream --planner --repeat 3 --vary-text --text-bucket 32 --compile
   step flux384_nocompile 70 full --model pyramid_flux --graphs --stream --side-stream --planner --repeat 2
   run_step profile_layouts 100 benchmarks/gpu_profile.py layouts --model pyramid_flux --compile --merge 256
+  ;;
+bucket)  # 2026-12-02: the text_bucket split (text keys apart, flash for images), the 8 GiB row, a baseline
+  step equal 100 equal --models pyramid_flux --temp 3 --compile
+  step flux384_bucket 130 full --model pyramid_flux --graphs --stream --side-stream --planner --repeat 3 --vary-text --text-bucket 32 --compile
+  step flux384_cap8_planner 150 full --model pyramid_flux --graphs --stream --side-stream --planner --mem-cap-gib 8 --repeat 2 --compile
+  step flux384_fast 100 full --model pyramid_flux --graphs --stream --side-stream --planner --repeat 2 --compile
   ;;
 ab)  # what each switch is worth, and the cap variants `speed` leaves out
   step flux384_nofuse 80 full --model pyramid_flux --graphs --stream --side-stream --planner --repeat 2 --no-fuse $(fast)

@@ -397,19 +397,25 @@ def cmd_equal(args: argparse.Namespace) -> int:
         fast = run(fast_model, torch.bfloat16, None, text16)
         t3 = time.perf_counter()
         fast_lat32 = run(fast_model, torch.bfloat16, torch.float32, text16)  # latents kept in fp32
+        dit.text_bucket = 32  # text pads masked by key: text attended apart, merged by log-sum-exp
+        fast_bucket = run(GraphedDiT(dit), torch.bfloat16, None, text16)
+        dit.text_bucket = 0
         row = {
             "rel_l2_prefix_fp32_vs_dense_fp32": _rel(prefix32, plain),
             "rel_l2_eager_bf16_vs_plain_fp32": _rel(eager16, plain),
             "rel_l2_fast_bf16_vs_plain_fp32": _rel(fast, plain),
             "rel_l2_fast_bf16_vs_eager_bf16": _rel(fast, eager16),
             "rel_l2_fast_bf16_fp32_latents_vs_plain_fp32": _rel(fast_lat32, plain),
+            "rel_l2_fast_bucket_bf16_vs_plain_fp32": _rel(fast_bucket, plain),
+            "rel_l2_fast_bucket_vs_fast_bf16": _rel(fast_bucket, fast),
             "graphs_equal_eager_bitwise": bool(torch.equal(graphs16, eager16)),
         }
-        finite = all(bool(torch.isfinite(x).all()) for x in (fast, fast_lat32))
+        finite = all(bool(torch.isfinite(x).all()) for x in (fast, fast_lat32, fast_bucket))
         # bf16 weights/activations: the fast path must stay as close to the plain fp32 result as the eager
         # bf16 path is (same arithmetic up to kernel rounding), and never produce NaN/inf.
         ok = (row["rel_l2_prefix_fp32_vs_dense_fp32"] < 1e-4 and row["graphs_equal_eager_bitwise"] and finite
-              and row["rel_l2_fast_bf16_vs_plain_fp32"] < 1.25 * row["rel_l2_eager_bf16_vs_plain_fp32"] + 1e-3)
+              and row["rel_l2_fast_bf16_vs_plain_fp32"] < 1.25 * row["rel_l2_eager_bf16_vs_plain_fp32"] + 1e-3
+              and row["rel_l2_fast_bucket_bf16_vs_plain_fp32"] < 1.25 * row["rel_l2_eager_bf16_vs_plain_fp32"] + 1e-3)
         bad += 0 if ok else 1
         print(json.dumps({"check": "equal", "model": model_name, "variant": args.variant, "temp": args.temp,
                           "compile": args.compile, **row, "finite": finite, "plain_s": round(t1 - t0, 2),

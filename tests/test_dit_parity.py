@@ -132,6 +132,28 @@ def test_attention_backends_agree_on_every_query_including_pads() -> None:
     assert not mask[0, 0, 5, 0] and mask[0, 0, 0, 3] and not mask[0, 0, 0, 4]
 
 
+@pytest.mark.parametrize("merge_tokens", [0, 20])
+def test_key_masked_text_is_attended_apart_and_merged_exactly(merge_tokens: int) -> None:
+    """`text_bucket` mode: the text keys are attended once, the image keys per group with the log-sum-exp,
+    and the two merged. Every valid query gets what the dense rule gives, with and without merged (masked)
+    runs, for all queries and image queries only, a row with half its text masked and a row with none."""
+    g = torch.Generator().manual_seed(11)
+    frames, lt = (8, 8, 8, 32, 32), 6
+    plan = build_attention_plan((0, 0, 0), lt, frames, "cpu", merge_tokens=merge_tokens)
+    assert any(c.mask is None for c in plan.calls_all)
+    assert merge_tokens == 0 or any(c.mask is not None for c in plan.calls_all)
+    key_valid = torch.ones(3, plan.seq_len, dtype=torch.bool)
+    key_valid[0, :3] = False  # three masked pads
+    key_valid[2, :lt] = False  # no valid text at all: image keys only
+    q, k, v = (torch.randn(3, 2, plan.seq_len, 8, generator=g) for _ in range(3))
+    dense = attend(q, k, v, plan, "dense", key_valid=key_valid)
+    split = attend(q, k, v, plan, "prefix", key_valid=key_valid)
+    torch.testing.assert_close(split, dense, atol=2e-6, rtol=1e-5)  # pad queries too: they see the valid keys
+    image = attend(q[:, :, lt:], k, v, plan, "prefix", image_only=True, key_valid=key_valid)
+    torch.testing.assert_close(image, dense[:, :, lt:], atol=2e-6, rtol=1e-5)
+    assert torch.isfinite(split).all()
+
+
 def test_plan_is_built_once_per_layout() -> None:
     model = _tiny("pyramid_mmdit", seed=6)
     clips, text, mask, pooled, timestep = _random_inputs([3, 7], 7, HISTORY[1:], seed=7)

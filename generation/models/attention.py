@@ -32,6 +32,7 @@ eager vs 6.6 ms replayed); the forward has no host syncs, so CUDA-graph capture 
 
 from __future__ import annotations
 
+import functools
 import logging
 import weakref
 from collections import OrderedDict
@@ -221,6 +222,8 @@ def _attend(
         return F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
     if backend != "prefix":
         raise ValueError(f"unknown attention backend {backend!r}")
+    if key_valid is not None:
+        return _attend_text_split(q, k, v, plan, image_only, key_valid)
     calls = plan.calls_image if image_only else plan.calls_all
     base = lt if image_only else 0
     if len(calls) == 1:
@@ -238,6 +241,90 @@ def _attend(
             attn_mask=_with_keys(c.mask, key_valid, c.rows, c.k0, c.k1, lt),
         )  # fmt: skip
     return out
+
+
+def _flash_lse_ok(q: torch.Tensor) -> bool:
+    return (
+        q.dtype in (torch.float16, torch.bfloat16)
+        and q.shape[-1] % 8 == 0
+        and q.shape[-1] <= 256
+        and _capability(q.device)[0] >= 8
+    )
+
+
+@functools.cache
+def _capability(device: torch.device) -> tuple[int, int]:
+    return torch.cuda.get_device_capability(device)
+
+
+def sdpa_with_lse(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Unmasked attention and its log-sum-exp per query: ([B, H, Lq, D], float32 [B, H, Lq]).
+
+    The flash kernel where it runs (CUDA, half precision, sm80+), else the memory-efficient one; on the CPU
+    PyTorch's own flash implementation. The log-sum-exp lets two key ranges be attended separately and
+    merged exactly (`merge_by_lse`)."""
+    lq = q.shape[2]
+    if q.is_cuda:
+        if _flash_lse_ok(q):
+            out, lse = torch.ops.aten._scaled_dot_product_flash_attention(q, k, v)[:2]
+        else:
+            out, lse = torch.ops.aten._scaled_dot_product_efficient_attention(q, k, v, None, True)[:2]
+    else:
+        out, lse = torch.ops.aten._scaled_dot_product_flash_attention_for_cpu(q, k, v)
+    return out, lse[..., :lq]
+
+
+def merge_by_lse(out_a: torch.Tensor, lse_a: torch.Tensor, out_b: torch.Tensor, lse_b: torch.Tensor,
+                 into: torch.Tensor) -> torch.Tensor:  # fmt: skip
+    """Softmax attention over the union of two disjoint key sets, from each set's output and log-sum-exp:
+    ``w * out_a + (1 - w) * out_b`` with ``w = sigmoid(lse_a - lse_b)``, in float32, written into ``into``.
+    ``lse_a = +inf`` keeps ``out_a`` as it is (a result that already covers both sets)."""
+    w = torch.sigmoid(lse_a - lse_b).unsqueeze(-1)
+    return into.copy_(torch.lerp(out_b.float(), out_a.float(), w))
+
+
+_NO_TEXT = -1e30  # score of a masked text key: finite, so a row without valid text gives weight 0, not NaN
+
+
+def _attend_text_split(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    plan: AttentionPlan,
+    image_only: bool,
+    key_valid: torch.Tensor,
+) -> torch.Tensor:
+    """The prefix backend with a key mask on the text (DiT `text_bucket` mode), keeping flash for images.
+
+    A mask on a call's keys would move it to the memory-efficient kernel (H200: the video 25 % slower).
+    Only text keys are ever masked, and every query sees the same text keys (its row's valid ones), so
+    the text part is attended once for all queries (float32, at most a bucket of keys), each temporal
+    group's image keys by an unmasked call that also returns its log-sum-exp, and the two merged exactly
+    (`merge_by_lse`). The plan's merged runs of small frames already carry a mask: they are attended
+    whole, text included, as before."""
+    lt = plan.text_len
+    calls = plan.calls_image if image_only else plan.calls_all
+    base = lt if image_only else 0
+    b, h, lq, _ = q.shape
+    scores = torch.matmul(q.float(), k[:, :, :lt].float().transpose(-1, -2)) * q.shape[-1] ** -0.5
+    scores = scores.masked_fill(~key_valid[:, None, None, :lt], _NO_TEXT)
+    lse_text = torch.logsumexp(scores, dim=-1)
+    out_text = torch.matmul(torch.softmax(scores, dim=-1), v[:, :, :lt].float())
+    out_img = torch.empty_like(q)
+    lse_img = torch.empty((b, h, lq), device=q.device, dtype=torch.float32)
+    for c in calls:
+        qs, qe = c.q0 - base, c.q1 - base
+        if c.mask is None and c.k0 == 0 and c.k1 > lt:  # all the text, then image keys: split
+            o, lse = sdpa_with_lse(q[c.rows, :, qs:qe], k[c.rows, :, lt : c.k1], v[c.rows, :, lt : c.k1])
+            out_img[c.rows, :, qs:qe] = o
+            lse_img[c.rows, :, qs:qe] = lse
+        else:  # a masked run of merged frames (or any other range): the whole rule in one call, kept whole
+            out_img[c.rows, :, qs:qe] = F.scaled_dot_product_attention(
+                q[c.rows, :, qs:qe], k[c.rows, :, c.k0 : c.k1], v[c.rows, :, c.k0 : c.k1],
+                attn_mask=_with_keys(c.mask, key_valid, c.rows, c.k0, c.k1, lt),
+            )  # fmt: skip
+            lse_img[c.rows, :, qs:qe] = float("inf")
+    return merge_by_lse(out_img, lse_img, out_text, lse_text, into=torch.empty_like(q))
 
 
 # Under torch.compile the blocks are traced with symbolic sequence lengths, but the attention calls are
