@@ -1,13 +1,13 @@
 """Where the GPU time of the fast path goes, by kernel kind (GPU only; the figures go to RESULTS.md).
 
     python benchmarks/gpu_profile.py layouts --model pyramid_flux [--compile] [--labels u2s0 u15s2]
-        [--merge 256 0 1024]
+        [--merge 256 0 1024] [--text-bucket 0 32]
     python benchmarks/gpu_profile.py video --model pyramid_flux [--compile] --temp 4
 
 `layouts`: the full-size DiT (random weights, bf16, fused projections) as the generator runs it resident,
 one CUDA graph per (unit, stage) layout of a 384p video. For each layout it prints the replay time (CUDA
 events over `--replays` replays) for every `--merge` value (frames merged into one masked attention call
-while their queries fit), then one profiled set of replays split by kernel kind: GEMM, attention,
+while their queries fit), and for every `--text-bucket` value, then one profiled set of replays split by kernel kind: GEMM, attention,
 compiled (Triton) kernels, norms, copies/cats, other elementwise, and the GPU idle time between kernels.
 
 `video`: a warm `temp`-unit video (sampling with the streamed decode on its side stream), profiled the same
@@ -133,28 +133,32 @@ def cmd_layouts(args: argparse.Namespace) -> int:
             clips = [torch.randn(2, *s[1:], generator=g).to(device, dtype) for s in shapes]
             inputs = (clips, text.prompt_embeds, text.attention_mask, text.pooled, t)
             row: dict = {"layout": label, "clips": [list(s[2:]) for s in shapes]}
-            for merge in args.merge:
-                dit.merge_tokens = merge
-                graphed(*inputs)  # capture
-                _sync()
-                ev[0].record()
-                for _ in range(args.replays):
-                    graphed(*inputs)
-                ev[1].record()
-                _sync()
-                row[f"ms_merge{merge}"] = round(ev[0].elapsed_time(ev[1]) / args.replays, 3)
-            dit.merge_tokens = args.merge[0]
-            with profile(activities=[ProfilerActivity.CUDA]) as prof:
-                for _ in range(args.profiled):
-                    graphed(*inputs)
-                _sync()
-            row["graph_replay"] = breakdown(prof, args.profiled)
-            if row["graph_replay"].get("kernels", 1) == 0 or args.eager_too:  # no kernels seen inside graphs
+            for bucket in args.text_bucket:  # 0: per-row text ranges; > 0: pads masked, text attended apart
+                dit.text_bucket = bucket
+                tag = "" if bucket == 0 else f"_bucket{bucket}"
+                for merge in args.merge if len(args.text_bucket) == 1 else args.merge[:1]:
+                    dit.merge_tokens = merge
+                    graphed(*inputs)  # capture
+                    _sync()
+                    ev[0].record()
+                    for _ in range(args.replays):
+                        graphed(*inputs)
+                    ev[1].record()
+                    _sync()
+                    row[f"ms{tag}_merge{merge}"] = round(ev[0].elapsed_time(ev[1]) / args.replays, 3)
+                dit.merge_tokens = args.merge[0]
                 with profile(activities=[ProfilerActivity.CUDA]) as prof:
                     for _ in range(args.profiled):
-                        dit(*inputs)
+                        graphed(*inputs)
                     _sync()
-                row["eager"] = breakdown(prof, args.profiled)
+                row[f"graph_replay{tag}"] = breakdown(prof, args.profiled)
+                if row[f"graph_replay{tag}"].get("kernels", 1) == 0 or args.eager_too:  # no kernels in graphs
+                    with profile(activities=[ProfilerActivity.CUDA]) as prof:
+                        for _ in range(args.profiled):
+                            dit(*inputs)
+                        _sync()
+                    row[f"eager{tag}"] = breakdown(prof, args.profiled)
+            dit.text_bucket = 0
             print(json.dumps(row), flush=True)
     return 0
 
@@ -230,6 +234,8 @@ def main() -> int:
     p.add_argument("--replays", type=int, default=20)
     p.add_argument("--profiled", type=int, default=5)
     p.add_argument("--eager-too", action="store_true", help="also profile eager forwards")
+    p.add_argument("--text-bucket", type=int, nargs="+", default=[0],
+                   help="text_bucket values to compare (0: per-row text ranges); several: first --merge only")
     sub.choices["video"].add_argument("--temp", type=int, default=4)
     args = ap.parse_args()
     return {"layouts": cmd_layouts, "video": cmd_video}[args.cmd](args)
