@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The GPU figures of benchmarks/RESULTS.md, in device calls of under 10 minutes each (speed and more
 # give every row of the issue-5 table; ab says what each switch is worth).
-# Usage (on the GPU machine, repo root): bash benchmarks/gpu_suite.sh OUT_DIR [speed|more|caps|final|next|bucket|bucket2|ab|768]
+# Usage (on the GPU machine, repo root): bash benchmarks/gpu_suite.sh OUT_DIR [speed|more|caps|final|next|bucket|bucket2|bucket3|ab|768]
 #   speed: smoke checks (placements, side-stream decode, graphs under offload), miniflux 384p fast path
 #          (+ per-call DiT times), the 8 GiB and 4.5 GiB caps as planned, 384p without compile and without
 #          streaming (separate sampling / decode peaks)
@@ -70,6 +70,9 @@ bucket)  # 2026-12-02: the text_bucket split (text keys apart, flash for images)
 bucket2)  # why text_bucket costs 3 s a video (kernel kinds with and without it), the 8 GiB row on the pool-aware plan
   run_step profile_bucket 130 benchmarks/gpu_profile.py layouts --model pyramid_flux --compile --labels u2s0 u15s0 u15s2 --text-bucket 0 32 --replays 10 --profiled 3
   step flux384_cap8_planner 150 full --model pyramid_flux --graphs --stream --side-stream --planner --mem-cap-gib 8 --repeat 2 --compile
+  ;;
+bucket3)  # the text part as one masked kernel with its log-sum-exp (short call: no compile)
+  run_step profile_bucket_eager 100 benchmarks/gpu_profile.py layouts --model pyramid_flux --labels u15s0 u15s2 --text-bucket 0 32 --replays 10 --profiled 1
   ;;
 ab)  # what each switch is worth, and the cap variants `speed` leaves out
   step flux384_nofuse 80 full --model pyramid_flux --graphs --stream --side-stream --planner --repeat 2 --no-fuse $(fast)

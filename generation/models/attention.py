@@ -257,33 +257,36 @@ def _capability(device: torch.device) -> tuple[int, int]:
     return torch.cuda.get_device_capability(device)
 
 
-def sdpa_with_lse(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Unmasked attention and its log-sum-exp per query: ([B, H, Lq, D], float32 [B, H, Lq]).
+def sdpa_with_lse(
+    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, bias: torch.Tensor | None = None
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Attention and its log-sum-exp per query: ([B, H, Lq, D], float32 [B, H, Lq]).
 
-    The flash kernel where it runs (CUDA, half precision, sm80+), else the memory-efficient one; on the CPU
-    PyTorch's own flash implementation. The log-sum-exp lets two key ranges be attended separately and
-    merged exactly (`merge_by_lse`)."""
+    Unmasked on CUDA: the flash kernel where it runs (half precision, sm80+), else the memory-efficient one,
+    which also takes an additive ``bias`` ([B, H, Lq, Lk], broadcast strides allowed). On the CPU, PyTorch's
+    own flash implementation. The log-sum-exp lets two key ranges be attended apart and merged exactly
+    (`merge_by_lse`)."""
     lq = q.shape[2]
     if q.is_cuda:
-        if _flash_lse_ok(q):
+        if bias is None and _flash_lse_ok(q):
             out, lse = torch.ops.aten._scaled_dot_product_flash_attention(q, k, v)[:2]
         else:
-            out, lse = torch.ops.aten._scaled_dot_product_efficient_attention(q, k, v, None, True)[:2]
+            out, lse = torch.ops.aten._scaled_dot_product_efficient_attention(q, k, v, bias, True)[:2]
     else:
-        out, lse = torch.ops.aten._scaled_dot_product_flash_attention_for_cpu(q, k, v)
+        out, lse = torch.ops.aten._scaled_dot_product_flash_attention_for_cpu(q, k, v, attn_mask=bias)
     return out, lse[..., :lq]
 
 
 def merge_by_lse(out_a: torch.Tensor, lse_a: torch.Tensor, out_b: torch.Tensor, lse_b: torch.Tensor,
                  into: torch.Tensor) -> torch.Tensor:  # fmt: skip
     """Softmax attention over the union of two disjoint key sets, from each set's output and log-sum-exp:
-    ``w * out_a + (1 - w) * out_b`` with ``w = sigmoid(lse_a - lse_b)``, in float32, written into ``into``.
-    ``lse_a = +inf`` keeps ``out_a`` as it is (a result that already covers both sets)."""
-    w = torch.sigmoid(lse_a - lse_b).unsqueeze(-1)
-    return into.copy_(torch.lerp(out_b.float(), out_a.float(), w))
+    ``out_b + w * (out_a - out_b)`` with ``w = sigmoid(lse_a - lse_b)``, written into ``into``. The weight
+    is rounded to the outputs' dtype (one fused pass; in bf16 an error of the output's own rounding).
+    ``lse_a = +inf`` gives ``out_a`` exactly (a result that already covers both sets)."""
+    w = torch.sigmoid(lse_a - lse_b).unsqueeze(-1).to(out_a.dtype)
+    return torch.lerp(out_b, out_a, w, out=into)
 
 
-_NO_TEXT = -1e30  # score of a masked text key: finite, so a row without valid text gives weight 0, not NaN
 
 
 def _attend_text_split(
@@ -296,20 +299,19 @@ def _attend_text_split(
 ) -> torch.Tensor:
     """The prefix backend with a key mask on the text (DiT `text_bucket` mode), keeping flash for images.
 
-    A mask on a call's keys would move it to the memory-efficient kernel (H200: the video 25 % slower).
-    Only text keys are ever masked, and every query sees the same text keys (its row's valid ones), so
-    the text part is attended once for all queries (float32, at most a bucket of keys), each temporal
-    group's image keys by an unmasked call that also returns its log-sum-exp, and the two merged exactly
-    (`merge_by_lse`). The plan's merged runs of small frames already carry a mask: they are attended
-    whole, text included, as before."""
+    A mask on a call's keys would move it to the memory-efficient kernel. Only text keys are ever masked,
+    and every query sees the same text keys (its row's valid ones), so the text part is one masked call
+    for all queries (at most a bucket of keys), each temporal group's image keys an unmasked call, both
+    with their log-sum-exp, merged exactly (`merge_by_lse`). The plan's merged runs of small frames
+    already carry a mask: they are attended whole, text included, as before."""
     lt = plan.text_len
     calls = plan.calls_image if image_only else plan.calls_all
     base = lt if image_only else 0
     b, h, lq, _ = q.shape
-    scores = torch.matmul(q.float(), k[:, :, :lt].float().transpose(-1, -2)) * q.shape[-1] ** -0.5
-    scores = scores.masked_fill(~key_valid[:, None, None, :lt], _NO_TEXT)
-    lse_text = torch.logsumexp(scores, dim=-1)
-    out_text = torch.matmul(torch.softmax(scores, dim=-1), v[:, :, :lt].float())
+    bias = torch.zeros(key_valid.shape[0], lt, device=q.device, dtype=q.dtype)
+    # a masked key's bias is the dtype's lowest finite value: a row without valid text gets weight 0, not NaN
+    bias = bias.masked_fill(~key_valid[:, :lt], torch.finfo(q.dtype).min)[:, None, None, :].expand(b, h, lq, lt)
+    out_text, lse_text = sdpa_with_lse(q, k[:, :, :lt], v[:, :, :lt], bias)
     out_img = torch.empty_like(q)
     lse_img = torch.empty((b, h, lq), device=q.device, dtype=torch.float32)
     for c in calls:
