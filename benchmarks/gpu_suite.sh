@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The GPU figures of benchmarks/RESULTS.md, in device calls of under 10 minutes each (speed and more
 # give every row of the issue-5 table; ab says what each switch is worth).
-# Usage (on the GPU machine, repo root): bash benchmarks/gpu_suite.sh OUT_DIR [speed|more|caps|final|next|bucket|bucket2|bucket3|ab|768]
+# Usage (on the GPU machine, repo root): bash benchmarks/gpu_suite.sh OUT_DIR [speed|more|caps|final|next|bucket|bucket2|verify|ab|768]
 #   speed: smoke checks (placements, side-stream decode, graphs under offload), miniflux 384p fast path
 #          (+ per-call DiT times), the 8 GiB and 4.5 GiB caps as planned, 384p without compile and without
 #          streaming (separate sampling / decode peaks)
@@ -12,6 +12,8 @@
 #          text layout), 384p without compile, kernel kinds of the new layout
 #   bucket: text_bucket with the text attended apart (equality incl. the bucket path, a new prompt length per
 #          video), the 8 GiB cap on the fixed planner, and the fast path without the bucket in the same call
+#   bucket2: kernel kinds with and without text_bucket, the 8 GiB cap on the pool-aware planner
+#   verify: the fused text part of text_bucket: GPU equality, a new prompt length per video, kernel kinds
 #   ab:    one switch off at a time (fusion, compile, side stream) and the cap variants left out of `speed`
 # Each step has its own time limit, so one failure keeps the rest. Steps that compile fall back to eager
 # when this machine cannot compile, and later steps then stop trying.
@@ -71,8 +73,10 @@ bucket2)  # why text_bucket costs 3 s a video (kernel kinds with and without it)
   run_step profile_bucket 130 benchmarks/gpu_profile.py layouts --model pyramid_flux --compile --labels u2s0 u15s0 u15s2 --text-bucket 0 32 --replays 10 --profiled 3
   step flux384_cap8_planner 150 full --model pyramid_flux --graphs --stream --side-stream --planner --mem-cap-gib 8 --repeat 2 --compile
   ;;
-bucket3)  # the text part as one masked kernel with its log-sum-exp (short call: no compile)
-  run_step profile_bucket_eager 100 benchmarks/gpu_profile.py layouts --model pyramid_flux --labels u15s0 u15s2 --text-bucket 0 32 --replays 10 --profiled 1
+verify)  # for the next session: the fused text part of text_bucket (now the default) timed and checked
+  step equal 170 equal --models pyramid_flux --temp 3 --compile
+  step flux384_bucket 130 full --model pyramid_flux --graphs --stream --side-stream --planner --repeat 3 --vary-text --text-bucket 32 --compile
+  run_step profile_bucket 130 benchmarks/gpu_profile.py layouts --model pyramid_flux --compile --labels u2s0 u15s0 u15s2 --text-bucket 0 32 --replays 10 --profiled 3
   ;;
 ab)  # what each switch is worth, and the cap variants `speed` leaves out
   step flux384_nofuse 80 full --model pyramid_flux --graphs --stream --side-stream --planner --repeat 2 --no-fuse $(fast)

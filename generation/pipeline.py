@@ -122,7 +122,9 @@ class PyramidFlowGenerator:
             resident_dit or streamed_dit or self._graphs_per_job)
         if hasattr(c.dit, "text_bucket"):
             c.dit.text_bucket = self.settings.text_bucket
-        if self.settings.compile_dit and hasattr(c.dit, "compile_blocks") and not c.dit.compiled:
+        compile_dit = self.settings.compile_dit
+        wanted = compile_dit is True or (compile_dit == "auto" and placement.device.type == "cuda")
+        if wanted and hasattr(c.dit, "compile_blocks") and not c.dit.compiled:
             c.dit.compile_blocks()
         # one graph per (unit, stage) of every video this model can make: an LRU smaller than that recaptures
         # every layout of a long video on every job (768p at 31 units has 93)

@@ -35,22 +35,24 @@ class GenerationSettings(BaseModel):
     # resident on a GPU
     stream_decode: bool | None = None
     decode_side_stream: bool = True  # run that streamed decode on its own CUDA stream (overlaps the DiT)
-    # run the DiT blocks under torch.compile (fused elementwise kernels; the first video after start-up
-    # compiles, tens of seconds, cached on disk by Inductor). Needs a C++ compiler (CPU) or Triton (CUDA).
-    compile_dit: bool = False
+    # run the DiT blocks under torch.compile (fused elementwise kernels). The worker compiles at start-up
+    # (30-55 s on an H200) and falls back to eager if compiling fails. Needs Triton (CUDA) or a C++
+    # compiler (CPU). "auto": on CUDA devices only (H200, miniflux 384p: 12.93 -> 10.81 s a video).
+    compile_dit: bool | Literal["auto"] = "auto"
     # one GEMM for the projections that share an input (q/k/v, and the MLP input of FLUX single blocks)
     # while the DiT is resident; no memory added (generation/models/fusion.py)
     fuse_projections: bool = True
     # also replay CUDA graphs under sequential offload: the uploads of the streamed blocks (from pinned host
     # memory, into the graph's own memory) are captured with the kernels, so a replay re-uploads them and
-    # the host no longer launches every kernel. Off until timed on a GPU (benchmarks/RESULTS.md).
-    offload_cuda_graphs: bool = False
-    # 0: each CFG row's text pads are cut out of its attention ranges, so CUDA graphs are per prompt length
-    # (a new token count captures a video's graphs again, ~4.6 s at 384p on an H200). N > 0: the pads are
-    # masked by key instead, the text kept to a multiple of N tokens, and one graph serves every prompt of
-    # a bucket; the attention calls then take a mask (the memory-efficient kernel, not flash). Same
-    # velocity (tests/test_dit_fast_paths.py). Off until timed on a GPU (benchmarks/RESULTS.md).
-    text_bucket: int = Field(default=0, ge=0)
+    # the host no longer launches every kernel; dropped after each job. H200, 4.5 GiB cap: 42.2 s a video,
+    # the same frames as without (benchmarks/RESULTS.md).
+    offload_cuda_graphs: bool = True
+    # 0: each CFG row's text pads are cut out of its attention ranges, so CUDA graphs are per prompt length:
+    # every new token count captures a video's graphs again (H200, 384p: 15.6-16.2 s a video against 10.8 s
+    # replayed). N > 0: the pads are masked by key instead, the text kept to a multiple of N tokens, and one
+    # set of graphs serves every prompt of a bucket (the text keys are attended apart and merged exactly).
+    # Same velocity (tests/test_dit_fast_paths.py). Measured: 14.2 s a video in a bucket seen before.
+    text_bucket: int = Field(default=32, ge=0)
     attention_backend: AttentionBackend = "prefix"  # exact per-time-group attention, or the dense mask
     bit_faithful_bf16: bool = True  # round latents/timesteps to the model dtype like the reference
 

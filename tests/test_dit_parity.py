@@ -9,7 +9,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from generation.models import model_name_from_config
+from generation.models import attention, model_name_from_config
 from generation.models.attention import attend, build_attention_plan, text_order
 from generation.models.positions import flux_image_positions, rope_table, sd3_sincos_table, token_layout
 from generation.parity import dit as dit_parity
@@ -133,7 +133,7 @@ def test_attention_backends_agree_on_every_query_including_pads() -> None:
 
 
 @pytest.mark.parametrize("merge_tokens", [0, 20])
-def test_key_masked_text_is_attended_apart_and_merged_exactly(merge_tokens: int) -> None:
+def test_key_masked_text_is_attended_apart_and_merged_exactly(merge_tokens: int, monkeypatch: pytest.MonkeyPatch) -> None:
     """`text_bucket` mode: the text keys are attended once, the image keys per group with the log-sum-exp,
     and the two merged. Every valid query gets what the dense rule gives, with and without merged (masked)
     runs, for all queries and image queries only, a row with half its text masked and a row with none."""
@@ -152,6 +152,10 @@ def test_key_masked_text_is_attended_apart_and_merged_exactly(merge_tokens: int)
     image = attend(q[:, :, lt:], k, v, plan, "prefix", image_only=True, key_valid=key_valid)
     torch.testing.assert_close(image, dense[:, :, lt:], atol=2e-6, rtol=1e-5)
     assert torch.isfinite(split).all()
+    assert attention._FUSED_TEXT["cpu"]  # the fused kernel was checked against float32 matmuls, and agreed
+    # the float32 matmul fallback (where the fused masked kernel refuses or disagrees) gives the same
+    monkeypatch.setitem(attention._FUSED_TEXT, "cpu", False)
+    torch.testing.assert_close(attend(q, k, v, plan, "prefix", key_valid=key_valid), dense, atol=2e-6, rtol=1e-5)
 
 
 def test_plan_is_built_once_per_layout() -> None:
