@@ -16,6 +16,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from torch._dynamo.exc import TorchDynamoException
 
 from generation.api import (
     CancelFn,
@@ -291,7 +292,8 @@ class PyramidFlowGenerator:
     def render(self, job: Job, *, noise: NoiseSource, progress: ProgressFn | None = None,
                should_cancel: CancelFn | None = None) -> tuple[np.ndarray, dict[str, float]]:
         """Encode text (and image), sample, decode: uint8 frames [F, H, W, 3] and stage timings. Out of GPU
-        memory under a planned placement, the job restarts once per slower placement, with the same noise."""
+        memory under a planned placement, the job restarts once per slower placement, with the same noise; a
+        compile failure of the DiT blocks restarts it once, eagerly."""
         while True:
             try:
                 return self._render_once(job, noise=noise, progress=progress, should_cancel=should_cancel)
@@ -300,8 +302,15 @@ class PyramidFlowGenerator:
                 if not self._fall_back():
                     raise
                 log.warning("out of GPU memory under %s; retrying under %s", before, self.placement.placement.value)
-                if isinstance(noise, GeneratorNoise):
-                    noise = GeneratorNoise(noise.seed)
+            except TorchDynamoException:
+                # `compile_dit` compiles at start-up, but a later layout can still fail to compile (a Triton
+                # or compiler problem): the blocks then run eagerly from now on, and the job starts again
+                if not getattr(self.c.dit, "compiled", False):
+                    raise
+                log.exception("compiling the DiT blocks failed during a job; running them eagerly from now on")
+                self.c.dit.compile_blocks(False)
+            if isinstance(noise, GeneratorNoise):
+                noise = GeneratorNoise(noise.seed)
 
     def _render_once(self, job: Job, *, noise: NoiseSource, progress: ProgressFn | None = None,
                      should_cancel: CancelFn | None = None) -> tuple[np.ndarray, dict[str, float]]:

@@ -3,6 +3,7 @@ CUDA-graph wrapper's copy of unchanged inputs skipped. (Their GPU timings are in
 
 from __future__ import annotations
 
+import numpy as np
 import torch
 import torch._dynamo
 from torch._dynamo.utils import counters
@@ -159,6 +160,32 @@ def test_generator_warm_up_and_its_fallback_to_eager_when_compiling_fails() -> N
     gen.c.dit.runners = BlockRunners(joint=broken, single=broken, compiled=True)
     assert gen.warm_up() >= 0.0
     assert calls and not gen.c.dit.compiled  # logged, and the blocks run eagerly from now on
+
+
+def test_a_compile_failure_during_a_job_reruns_it_eagerly() -> None:
+    """`compile_dit` compiles at start-up; a layout that fails to compile later (a Triton / compiler error in
+    a job) turns compiling off and the job runs again eagerly, with the same noise: same video, no failure."""
+    from torch._dynamo.exc import TorchDynamoException
+
+    from generation.api import GenerationRequest
+    from generation.pipeline import build_generator
+    from generation.sampling.noise import GeneratorNoise
+    from generation.settings import GenerationSettings
+
+    req = GenerationRequest(prompt="a cat", temp=2, num_inference_steps=(1, 1, 1), video_num_inference_steps=(1, 1, 1))
+    plain = build_generator(GenerationSettings())
+    expected, _ = plain.render(plain.validate(req), noise=GeneratorNoise(3))
+    gen = build_generator(GenerationSettings(compile_dit=True))
+    calls = []
+
+    def broken(*_a, **_k):  # what Inductor raises when a new layout fails to compile
+        calls.append(1)
+        raise TorchDynamoException("backend compiler failed")
+
+    gen.c.dit.runners = BlockRunners(joint=broken, single=broken, compiled=True)
+    frames, _ = gen.render(gen.validate(req), noise=GeneratorNoise(3))
+    assert calls and not gen.c.dit.compiled
+    assert np.array_equal(frames, expected)
 
 
 def test_text_bucket_masks_the_pads_and_gives_the_same_velocity() -> None:
