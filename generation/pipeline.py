@@ -46,6 +46,7 @@ from generation.sampling.noise import GeneratorNoise, NoiseSource
 from generation.sampling.pyramid import SamplerOptions, prepare_initial_noise, sample_i2v, sample_t2v
 from generation.sampling.schedule import build_schedule
 from generation.settings import GenerationSettings
+from generation.text_encoders import T5_MAX_LENGTH
 from generation.video_io import write_cover, write_mp4
 
 log = logging.getLogger(__name__)
@@ -64,6 +65,14 @@ class Job:
     seed: int
     image: np.ndarray | None
     options: SamplerOptions
+
+
+def graph_capacity(resolutions: list[str], text_bucket: int) -> int:
+    """CUDA graphs to keep: one per (unit, stage) of the longest video of each resolution, per text bucket.
+    An LRU smaller than that recaptures every layout of a long video on every job (768p at 31 units has
+    93), and with `text_bucket` the prompts of two buckets would keep evicting each other's graphs."""
+    layouts = 3 * sum(VARIANT_MAX_TEMP[r] for r in resolutions)
+    return layouts * (-(-T5_MAX_LENGTH // text_bucket) if text_bucket else 1)
 
 
 class PyramidFlowGenerator:
@@ -127,10 +136,8 @@ class PyramidFlowGenerator:
         wanted = compile_dit is True or (compile_dit == "auto" and placement.device.type == "cuda")
         if wanted and hasattr(c.dit, "compile_blocks") and not c.dit.compiled:
             c.dit.compile_blocks()
-        # one graph per (unit, stage) of every video this model can make: an LRU smaller than that recaptures
-        # every layout of a long video on every job (768p at 31 units has 93)
-        layouts = 3 * sum(VARIANT_MAX_TEMP[r] for r in ("384p", "768p") if c.supports(r))
-        self.dit: torch.nn.Module = GraphedDiT(c.dit, max_graphs=layouts) if use_graphs else c.dit
+        capacity = graph_capacity([r for r in ("384p", "768p") if c.supports(r)], self.settings.text_bucket)
+        self.dit: torch.nn.Module = GraphedDiT(c.dit, max_graphs=capacity) if use_graphs else c.dit
         stream = self.settings.stream_decode
         tiling = self.settings.vae_tiling
         planned = self.plan.decode_tile if self.plan is not None else DECODE_TILE

@@ -134,9 +134,13 @@ def test_graph_cache_holds_every_layout_of_the_longest_videos() -> None:
     # walks the layouts in order, so each one is evicted before it comes round again.
     from generation.components import VARIANT_MAX_TEMP
     from generation.models.graphed import GraphedDiT
+    from generation.pipeline import graph_capacity
 
     g = GraphedDiT(tiny_dit("pyramid_flux"))
     assert g.max_graphs >= 3 * sum(VARIANT_MAX_TEMP.values())
+    # the generator's cache: every layout of both resolutions, for each of the four 32-token text buckets
+    assert graph_capacity(["384p", "768p"], 0) == 3 * (16 + 31) == 141
+    assert graph_capacity(["384p", "768p"], 32) == 4 * 141 and graph_capacity(["384p"], 32) == 4 * 48
     g._pool = object()  # as after a capture
     g.clear()  # what model offload does before the DiT leaves the GPU
     assert not g._graphs and g._pool is None
