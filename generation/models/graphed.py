@@ -58,13 +58,16 @@ class GraphedDiT(nn.Module):
 
     def __init__(self, dit: PyramidDiTBase, *, max_graphs: int = 141) -> None:
         """max_graphs: graphs kept (least recently used dropped). The default holds every (unit, stage) of a
-        384p and a 768p video (3 × (16 + 31)); each costs its static inputs and output, a few MB at 768p."""
+        384p and a 768p video (3 × (16 + 31)); each costs its static clips and output, a few MB at 768p. The
+        static text, pooled text, timestep and mask are one buffer per shape, shared by every graph (each
+        replay copies its inputs in first, and replays run one after another)."""
         super().__init__()
         self.dit = dit
         self.model_name = dit.model_name
         self.config = dit.config
         self.max_graphs = max_graphs
         self._graphs: OrderedDict[Hashable, _Captured] = OrderedDict()
+        self._shared: dict[Hashable, torch.Tensor] = {}
         self._pool: Any = None
         self._warm = False
         self._warm_stream: torch.cuda.Stream | None = None
@@ -81,7 +84,19 @@ class GraphedDiT(nn.Module):
     def clear(self) -> None:
         """Drop every captured graph and their memory pool (the next forward of a layout captures again)."""
         self._graphs.clear()
+        self._shared.clear()
         self._pool = None
+
+    def _static(self, name: str, value: torch.Tensor) -> torch.Tensor:
+        """The static buffer every graph reads ``name`` from (one per shape, dtype and device), holding
+        ``value``."""
+        key = (name, tuple(value.shape), value.dtype, value.device)
+        buf = self._shared.get(key)
+        if buf is None:
+            buf = self._shared[key] = value.clone()
+        else:
+            buf.copy_(value)
+        return buf
 
     def forward(
         self,
@@ -135,10 +150,10 @@ class GraphedDiT(nn.Module):
         timestep: torch.Tensor,
     ) -> _Captured:
         s_clips = [c.clone() for c in clips]
-        s_text, s_pooled, s_t = text.clone(), pooled.clone(), timestep.clone()
+        s_text, s_pooled, s_t = self._static("text", text), self._static("pooled", pooled), self._static("t", timestep)
         s_mask = None
         if self.dit.text_bucket:  # the graph reads the mask on the device: a static copy, refreshed per call
-            s_mask = mask.clone()
+            s_mask = self._static("mask", mask)
             self.dit.text_key(s_mask)  # its host copy is read now, outside the capture (a device sync)
             mask = s_mask
         plan = self.dit.forward_plan(s_clips, mask)  # host-side work and H2D copies stay outside capture
