@@ -152,9 +152,28 @@ def test_key_masked_text_is_attended_apart_and_merged_exactly(merge_tokens: int,
     image = attend(q[:, :, lt:], k, v, plan, "prefix", image_only=True, key_valid=key_valid)
     torch.testing.assert_close(image, dense[:, :, lt:], atol=2e-6, rtol=1e-5)
     assert torch.isfinite(split).all()
-    assert attention._FUSED_TEXT["cpu"]  # the fused kernel was checked against float32 matmuls, and agreed
-    # the float32 matmul fallback (where the fused masked kernel refuses or disagrees) gives the same
+    assert attention._SPLIT["cpu"]  # checked against the masked calls on first use, and agreed
+    assert attention._FUSED_TEXT["cpu"]  # the fused text kernel against float32 matmuls, likewise
+    # the fallbacks (where a kernel refuses or disagrees) give the same: float32 matmuls for the text part,
+    # and the masked calls instead of the split
     monkeypatch.setitem(attention._FUSED_TEXT, "cpu", False)
+    torch.testing.assert_close(attend(q, k, v, plan, "prefix", key_valid=key_valid), dense, atol=2e-6, rtol=1e-5)
+    monkeypatch.setitem(attention._SPLIT, "cpu", False)
+    torch.testing.assert_close(attend(q, k, v, plan, "prefix", key_valid=key_valid), dense, atol=2e-6, rtol=1e-5)
+
+
+def test_a_split_that_disagrees_on_first_use_is_replaced_by_the_masked_calls(monkeypatch: pytest.MonkeyPatch) -> None:
+    # what a kernel returning a wrong log-sum-exp on some GPU would do: the first use finds out
+    g = torch.Generator().manual_seed(12)
+    plan = build_attention_plan((0, 0), 6, (8, 8, 32), "cpu", merge_tokens=0)
+    key_valid = torch.ones(2, plan.seq_len, dtype=torch.bool)
+    key_valid[1, :2] = False
+    q, k, v = (torch.randn(2, 2, plan.seq_len, 8, generator=g) for _ in range(3))
+    dense = attend(q, k, v, plan, "dense", key_valid=key_valid)
+    monkeypatch.setattr(attention, "_SPLIT", {})
+    monkeypatch.setattr(attention, "_attend_text_split", lambda q, *_a: torch.zeros_like(q))
+    torch.testing.assert_close(attend(q, k, v, plan, "prefix", key_valid=key_valid), dense, atol=2e-6, rtol=1e-5)
+    assert attention._SPLIT == {"cpu": False}
     torch.testing.assert_close(attend(q, k, v, plan, "prefix", key_valid=key_valid), dense, atol=2e-6, rtol=1e-5)
 
 
