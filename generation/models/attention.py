@@ -21,6 +21,11 @@ Backends:
 
 Both are exact; the plan (ranges, masks) is built once per (clip shapes, text mask) and reused.
 
+With a key mask on the text (the DiT's ``text_bucket`` mode, where pads stay in the sequence so that one
+CUDA graph serves a whole bucket of prompt lengths), the prefix backend attends the text keys apart, in one
+masked call for all queries, and each group's image keys in unmasked (flash) calls; the two parts are
+merged exactly by their log-sum-exp. That split is checked against the masked calls on its first use.
+
 Measured on one H100 (bf16, full-size random weights, CFG batch 2, text lengths 20/77, CUDA-graph
 replay of the whole DiT forward, ms): flux 768p u15 s2 (L=11,888) dense 395.7 / prefix 247-252;
 u30 (L=15,488) 605.1 / 365.0; mmdit 768p u15 s2 315.5 / 204.7; 384p u15 s2 (L=3,068) flux
@@ -298,8 +303,6 @@ def merge_by_lse(out_a: torch.Tensor, lse_a: torch.Tensor, out_b: torch.Tensor, 
     ``lse_a = +inf`` gives ``out_a`` exactly (a result that already covers both sets)."""
     w = torch.sigmoid(lse_a - lse_b).unsqueeze(-1).to(out_a.dtype)
     return torch.lerp(out_b, out_a, w, out=into)
-
-
 
 
 # Additive score of a masked text key: exp() of it is 0 beside any real score, it is finite in fp16/bf16, and
