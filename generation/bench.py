@@ -346,13 +346,10 @@ def _random_models(model_name: str, device: torch.device, dtype: torch.dtype, *,
     return (dit.to(dtype).eval().requires_grad_(False), vae.to(dtype).eval().requires_grad_(False))
 
 
-def _rel(a: torch.Tensor, b: torch.Tensor) -> float:
-    return float((a.float() - b.float()).norm() / b.float().norm())
-
-
 def cmd_equal(args: argparse.Namespace) -> int:
     """Fast path vs plain fp32 path on the same weights, text and noise (SPEC-sized model, short video)."""
     from generation.models import build_dit
+    from generation.models.attention import rel_l2
     from generation.models.fusion import fuse_projections
     from generation.models.graphed import GraphedDiT
     from generation.sampling.noise import GeneratorNoise
@@ -401,13 +398,13 @@ def cmd_equal(args: argparse.Namespace) -> int:
         fast_bucket = run(GraphedDiT(dit), torch.bfloat16, None, text16)
         dit.text_bucket = 0
         row = {
-            "rel_l2_prefix_fp32_vs_dense_fp32": _rel(prefix32, plain),
-            "rel_l2_eager_bf16_vs_plain_fp32": _rel(eager16, plain),
-            "rel_l2_fast_bf16_vs_plain_fp32": _rel(fast, plain),
-            "rel_l2_fast_bf16_vs_eager_bf16": _rel(fast, eager16),
-            "rel_l2_fast_bf16_fp32_latents_vs_plain_fp32": _rel(fast_lat32, plain),
-            "rel_l2_fast_bucket_bf16_vs_plain_fp32": _rel(fast_bucket, plain),
-            "rel_l2_fast_bucket_vs_fast_bf16": _rel(fast_bucket, fast),
+            "rel_l2_prefix_fp32_vs_dense_fp32": rel_l2(prefix32, plain),
+            "rel_l2_eager_bf16_vs_plain_fp32": rel_l2(eager16, plain),
+            "rel_l2_fast_bf16_vs_plain_fp32": rel_l2(fast, plain),
+            "rel_l2_fast_bf16_vs_eager_bf16": rel_l2(fast, eager16),
+            "rel_l2_fast_bf16_fp32_latents_vs_plain_fp32": rel_l2(fast_lat32, plain),
+            "rel_l2_fast_bucket_bf16_vs_plain_fp32": rel_l2(fast_bucket, plain),
+            "rel_l2_fast_bucket_vs_fast_bf16": rel_l2(fast_bucket, fast),
             "graphs_equal_eager_bitwise": bool(torch.equal(graphs16, eager16)),
         }
         finite = all(bool(torch.isfinite(x).all()) for x in (fast, fast_lat32, fast_bucket))

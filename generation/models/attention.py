@@ -305,6 +305,11 @@ def merge_by_lse(out_a: torch.Tensor, lse_a: torch.Tensor, out_b: torch.Tensor, 
     return torch.lerp(out_b, out_a, w, out=into)
 
 
+def rel_l2(a: torch.Tensor, b: torch.Tensor) -> float:
+    """Relative L2 distance of ``a`` from ``b``, in float32."""
+    return float((a.float() - b.float()).norm() / b.float().norm().clamp_min(1e-12))
+
+
 # Additive score of a masked text key: exp() of it is 0 beside any real score, it is finite in fp16/bf16, and
 # it stays finite when a kernel scales it (a row without valid text gets weight 0 in the merge, not NaN).
 _MASKED_BIAS = -30000.0
@@ -331,7 +336,7 @@ def _attend_key_masked(
     elif ok is None:
         split = _attend_text_split(q, k, v, plan, image_only, key_valid)
         ref = _attend_calls(q, k, v, plan, image_only, key_valid)
-        err = float((split.float() - ref.float()).norm() / ref.float().norm().clamp_min(1e-12))
+        err = rel_l2(split, ref)
         _SPLIT[device] = agree = bool(torch.isfinite(split).all()) and err < 2e-2
         log.info("text split attention on %s: rel err %.2e against masked calls -> %s", device, err,
                  "used" if agree else "masked calls instead")  # fmt: skip
@@ -368,7 +373,7 @@ def _text_part(
         return _text_part_fp32(q, k, v, valid)
     if ok is None:
         ref = _text_part_fp32(q, k, v, valid)
-        err = float((fused[0].float() - ref[0].float()).norm() / ref[0].float().norm().clamp_min(1e-12))
+        err = rel_l2(fused[0], ref[0])
         lse_err = float((fused[1] - ref[1]).abs().max())
         _FUSED_TEXT[device] = agree = err < 2e-2 and lse_err < 5e-2
         log.info("fused masked text attention on %s: rel err %.2e, lse err %.2e -> %s", device, err, lse_err,
