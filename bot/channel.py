@@ -1,17 +1,45 @@
-"""The one interface every chat channel implements.
+"""The one interface every chat channel implements, and what a channel declares it can do.
 
-The bot core only talks to a `Channel`; the python-wechaty adapter, the local demo channel and the
-web playground are implementations of it.
+The bot core only talks to a `Channel`; the python-wechaty adapter, the official ClawBot / WeCom / QQ
+adapters, the local demo channel and the web playground are implementations of it. Several channels
+run side by side behind `bot.channels.hub.ChannelHub`, which routes outgoing messages by the
+`<channel>:` prefix of their chat id (see `bot.channels.ids`).
+
+An adapter turns platform events into `Message`s (ids already namespaced) and sends what it is asked
+to; it never builds the app, the queue or the store.
 """
 
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
 from typing import Protocol, runtime_checkable
 
 from bot.messages import Message, OutgoingText, OutgoingVideo
 
 MessageHandler = Callable[[Message], Awaitable[None]]
+
+
+@dataclass(frozen=True, slots=True)
+class ChannelCapabilities:
+    """What a platform allows; delivery, acks and /帮助 honour it.
+
+    `reply_window_s` None means no window; `sends_per_inbound` None means unlimited. A channel that
+    cannot send unprompted (`proactive` False) may park a finished video (`DeliveryDeferred`) until the
+    user writes again; `deferred_hint` is then added to the ack so the user knows up front.
+    """
+
+    groups: bool = True
+    mentions: bool = True
+    proactive: bool = True
+    reply_window_s: float | None = None
+    sends_per_inbound: int | None = None
+    max_inline_video_bytes: int | None = None
+    quotes: bool = False
+    deferred_hint: str = ""
+
+
+DEFAULT_CAPABILITIES = ChannelCapabilities()
 
 
 class DeliveryError(Exception):
@@ -23,8 +51,19 @@ class DeliveryError(Exception):
         self.maybe_delivered = maybe_delivered
 
 
+class DeliveryDeferred(Exception):
+    """The platform refused the send for now (no fresh reply context, window passed, send budget
+    spent) but will accept it after the user's next message. The job is kept, not failed and not
+    refunded; delivery retries it when that user writes again (`ChannelHub` wakes it)."""
+
+
 class ImageFetchError(Exception):
     """The attached image could not be fetched from the channel."""
+
+
+class ChannelStartError(Exception):
+    """The channel cannot start (no credentials, bad secret, login needed). The message is one clear
+    line for the operator (it may be bilingual) and never contains a secret."""
 
 
 @runtime_checkable
@@ -37,7 +76,8 @@ class Channel(Protocol):
         ...
 
     async def start(self, on_message: MessageHandler) -> None:
-        """Connect and begin delivering incoming messages to `on_message`. Returns once started."""
+        """Connect and begin delivering incoming messages to `on_message`. Returns once started.
+        Raises `ChannelStartError` when it cannot start at all."""
         ...
 
     async def stop(self) -> None: ...
@@ -53,3 +93,9 @@ class Channel(Protocol):
         """Return the raw bytes of `message.image`; raise ImageFetchError (or ValueError when the image
         exceeds `max_bytes`)."""
         ...
+
+
+def capabilities_of(channel: object) -> ChannelCapabilities:
+    """A channel's declared capabilities (older channels that declare none get the defaults)."""
+    caps = getattr(channel, "capabilities", None)
+    return caps if isinstance(caps, ChannelCapabilities) else DEFAULT_CAPABILITIES

@@ -46,6 +46,7 @@ class OutgoingText:
     chat_id: str
     text: str
     mention_ids: tuple[str, ...] = ()
+    reply_to: str | None = None  # message_id this answers (passive replies: QQ msg_id, WeCom req_id)
 
 
 @dataclass(frozen=True, slots=True)
@@ -55,4 +56,5 @@ class OutgoingVideo:
     cover_path: str | None = None
     caption: str = ""  # sent as a separate text (with mentions) in groups
     mention_ids: tuple[str, ...] = ()
-    meta: dict[str, str] = field(default_factory=dict)
+    meta: dict[str, str] = field(default_factory=dict)  # job_id, label: adapters key idempotency on job_id
+    reply_to: str | None = None  # message_id of the request this video answers
