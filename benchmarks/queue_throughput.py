@@ -17,12 +17,12 @@ import threading
 import time
 from pathlib import Path
 
+from bot.jobs.models import JobSpec
+from bot.jobs.queue import JobQueue
+from bot.jobs.settings import QueueSettings
 from bot.store.db import open_db
 from bot.store.quota import QuotaBook
 from bot.store.settings import QuotaSettings
-from generation.jobs.models import JobSpec
-from generation.jobs.queue import JobQueue
-from generation.jobs.settings import QueueSettings
 
 
 def make_queue(path: Path) -> JobQueue:

@@ -26,12 +26,12 @@ for _k, _v in {"RAY_USAGE_STATS_ENABLED": "0", "RAY_AUTH_MODE": "disabled", "RAY
                "RAY_DISABLE_DOCKER_CPU_WARNING": "1"}.items():
     os.environ.setdefault(_k, _v)
 
+from bot.jobs.models import JobSpec, JobState  # noqa: E402
+from bot.jobs.queue import JobQueue  # noqa: E402
+from bot.jobs.settings import QueueSettings, WorkerSettings  # noqa: E402
 from bot.store.db import open_db  # noqa: E402
 from bot.store.quota import QuotaBook  # noqa: E402
 from bot.store.settings import QuotaSettings  # noqa: E402
-from generation.jobs.models import JobSpec, JobState  # noqa: E402
-from generation.jobs.queue import JobQueue  # noqa: E402
-from generation.jobs.settings import QueueSettings, WorkerSettings  # noqa: E402
 from generation.settings import GenerationSettings  # noqa: E402
 
 _n = [0]
@@ -72,7 +72,7 @@ def bench_local(root: Path, jobs: int, generator: str, gen: GenerationSettings) 
     import torch
 
     from bot.store.settings import StorageSettings
-    from generation.worker import JobRunner, WorkerSections, build_worker_generator
+    from bot.worker import JobRunner, WorkerSections, build_worker_generator
 
     queue = make_queue(root / "local.db")
     ws = worker_settings(root / "local-out", generator)
@@ -96,8 +96,8 @@ def bench_local(root: Path, jobs: int, generator: str, gen: GenerationSettings) 
 def bench_ray(root: Path, actors: int, jobs: int, generator: str, gen: GenerationSettings) -> tuple[float, float]:
     import ray
 
-    from generation.executors.ray_executor import RayDispatcher
-    from generation.executors.settings import ActorSpec, ExecutorSettings
+    from bot.executors.ray_executor import RayDispatcher
+    from bot.executors.settings import ActorSpec, ExecutorSettings
 
     queue = make_queue(root / f"ray{actors}.db")
     ws = worker_settings(root / f"ray{actors}-out", generator)

@@ -2,9 +2,10 @@
 
   xiaoai demo       the scripted Quickstart: the whole bot on the local channel, one text-to-video
                     and one image-to-video request, prints the chat and the MP4 paths, exits 0
-  xiaoai run        serve WeChat through the wechaty puppet service
+  xiaoai run        serve every configured channel (ClawBot, WeCom, QQ, wechaty) in one process
   xiaoai playground the bot in a local web page (a simulated group chat) + the admin dashboard
   xiaoai generate   one video from the command line (generation.cli)
+  xiaoai login      log a channel in (`xiaoai login clawbot`: scan the QR code with WeChat)
   xiaoai config     validate the configuration and print it (secrets are never printed)
 """
 
@@ -20,6 +21,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from bot.settings import Settings, SettingsError, load_settings
+from generation.logs import setup_logging
 
 log = logging.getLogger("xiaoai")
 
@@ -27,12 +29,13 @@ DEMO_PROMPT = "a shiba inu running in the snow"  # the model's text encoders rea
 DEMO_I2V_PROMPT = "the waves roll gently towards the beach"
 
 
-def _setup_logging(level: str) -> None:
-    logging.basicConfig(
-        level=getattr(logging, level.upper(), logging.INFO),
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-        stream=sys.stderr,
-    )
+# Commands that serve users log at INFO by default (what an operator watches); the others at WARNING.
+_INFO_COMMANDS = frozenset({"run", "demo", "playground"})
+
+
+def _setup_logging(args: argparse.Namespace) -> None:
+    level = args.log_level or ("INFO" if args.command in _INFO_COMMANDS else "WARNING")
+    setup_logging(level, args.log_format)
 
 
 def _load(args: argparse.Namespace) -> Settings:
@@ -169,26 +172,10 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 
 # ----------------------------------------------------------------------------------------- run
-RUN_HELP = """\
-还不能连接微信：缺少 wechaty 适配器或其配置。
-WeChat is not available: the wechaty adapter or its configuration is missing.
-
-请先启动一个 wechaty puppet service（网关），然后设置：
-Start a wechaty puppet service (gateway) first, then set:
-  export WECHATY_PUPPET_SERVICE_ENDPOINT=127.0.0.1:8788   # 或在 config.yaml 的 wechaty.endpoint 中设置
-  export WECHATY_PUPPET_SERVICE_TOKEN=...                 # 只能通过环境变量 / environment only
-详见 README「接入真实微信账号」一节 / see the README section on WeChat.
-"""
-
-
 async def _serve(settings: Settings) -> int:
-    try:
-        from bot.channels.wechaty_channel import serve_wechat
-    except ImportError as err:  # the wechaty client libraries are missing or broken
-        print(RUN_HELP, file=sys.stderr)
-        print(f"({err})", file=sys.stderr)
-        return 2
-    return int(await serve_wechat(settings))
+    from bot.serve import serve
+
+    return await serve(settings)
 
 
 def cmd_run(args: argparse.Namespace) -> int:
@@ -212,6 +199,26 @@ def cmd_playground(args: argparse.Namespace) -> int:
         return 0
 
 
+# ------------------------------------------------------------------------------------ login
+def cmd_login(args: argparse.Namespace) -> int:
+    """`xiaoai login clawbot`: QR login; the running bot picks the new credentials up by itself."""
+    from bot.channels.clawbot.login import login
+
+    settings = _load(args).channels.clawbot
+
+    def out(line: str) -> None:
+        print(line, flush=True)
+
+    def ask(question: str) -> str:
+        return input(question)
+
+    try:
+        return asyncio.run(login(settings, out=out, ask=ask))
+    except (KeyboardInterrupt, EOFError):
+        print("\n已取消登录 / login cancelled", file=sys.stderr)
+        return 130
+
+
 # ------------------------------------------------------------------------------------ config
 def cmd_config(args: argparse.Namespace) -> int:
     import yaml
@@ -224,7 +231,11 @@ def cmd_config(args: argparse.Namespace) -> int:
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="xiaoai", description="小爱视频 — WeChat /video bot")
     parser.add_argument("--config", help="config file (default: $XIAOAI_CONFIG or ./config.yaml)")
-    parser.add_argument("--log-level", default="WARNING", help="DEBUG, INFO, WARNING (default), ERROR")
+    parser.add_argument("--log-level", default=None,
+                        help="DEBUG, INFO, WARNING, ERROR (default: INFO for run/demo/playground, else WARNING); "
+                             "the worker process follows it")
+    parser.add_argument("--log-format", choices=["text", "json"], default="text",
+                        help="text (default; ids as job=… user=… chat=…) or json (one object per line)")
     sub = parser.add_subparsers(dest="command", required=True)
 
     demo = sub.add_parser("demo", help="run the scripted local demo (no WeChat, no GPU, no weights)")
@@ -237,7 +248,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     demo.set_defaults(func=cmd_demo)
 
-    run = sub.add_parser("run", help="serve WeChat through the wechaty puppet service")
+    run = sub.add_parser("run", help="serve every configured chat channel (ClawBot, WeCom, QQ, wechaty)")
     run.set_defaults(func=cmd_run)
 
     play = sub.add_parser("playground", help="the bot in a local web page (simulated group chat) + admin dashboard")
@@ -251,20 +262,24 @@ def build_parser() -> argparse.ArgumentParser:
     )
     play.set_defaults(func=cmd_playground)
 
+    login = sub.add_parser("login", help="log a channel in (ClawBot: scan the QR code with WeChat)")
+    login.add_argument("channel", choices=["clawbot"], help="which channel")
+    login.set_defaults(func=cmd_login)
+
     cfg = sub.add_parser("config", help="validate and print the configuration")
     cfg.set_defaults(func=cmd_config)
 
     from generation.cli import add_generate_parser, run_generate
 
     gen = add_generate_parser(sub)
-    gen.set_defaults(func=run_generate)
+    gen.set_defaults(func=lambda args: run_generate(args, base=_load(args).generation))
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    _setup_logging(args.log_level)
+    _setup_logging(args)
     try:
         return int(args.func(args) or 0)
     except SettingsError as err:

@@ -4,46 +4,54 @@ already-open parts. `bot.app.App` uses it; tests use it directly with a real SQL
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from typing import Any
+from typing import TYPE_CHECKING
 
 from bot.channel import Channel
+from bot.channels.hub import ChannelHub, as_hub
 from bot.dispatcher import Dispatcher
+from bot.executors.base import Executor
+from bot.jobs.queue import JobQueue
 from bot.permissions import Permissions
 from bot.plugin import Plugin, PluginContext, PluginRegistry
 from bot.ratelimit import FloodControl
 from bot.router import Router
 from bot.settings import Settings
+from bot.store.quota import QuotaBook
+
+if TYPE_CHECKING:
+    from bot.prompts import PromptPipeline
 
 
 def build_dispatcher(
     settings: Settings,
     *,
-    channel: Channel,
-    quota: Any,
-    queue: Any,
+    channel: Channel | ChannelHub,
+    quota: QuotaBook,
+    queue: JobQueue,
     clock: Callable[[], float],
     plugins: Sequence[type[Plugin]],
-    pipeline: Any | None = None,
-    extras: dict[str, Any] | None = None,
+    pipeline: PromptPipeline | None = None,
+    executor: Executor | None = None,
 ) -> Dispatcher:
+    hub = as_hub(channel)
     registry = PluginRegistry(plugins)
     registry.check_settings(settings)
     bot = settings.bot
     ctx = PluginContext(
         settings=settings,
-        channel=channel,
+        channel=hub,
         quota=quota,
         queue=queue,
         clock=clock,
         permissions=Permissions(bot.admins),
         registry=registry,
         pipeline=pipeline,
-        extras=extras if extras is not None else {},
+        executor=executor,
     )
     router = Router(
         registry=registry,
         bot_name=bot.name,
-        bot_id=lambda: channel.bot_id,
+        bot_id=lambda: hub.bot_ids,
         group_allowlist=bot.group_allowlist,
         allow_private=bot.allow_private,
         require_mention_in_groups=bot.require_mention_in_groups,

@@ -2,11 +2,19 @@
 
 The loop polls `JobQueue.undelivered()` every `queue.delivery_poll_s` (and at once when poked). Rules:
 
-* Nothing is sent while `channel.connected` is False; it all goes out after reconnect.
+* Nothing is sent to a chat whose channel is offline (`ChannelHub.is_connected`); it goes out after
+  reconnect, while chats of the other channels are served.
 * Success → one `OutgoingVideo` (MP4 + cover, caption with prompt, seed, time taken and the generator
   label, @-mentioning the requester in groups) → `mark_delivered`.
 * Failed / cancelled → a short Chinese note ("额度已退还") → `mark_notified`.
 * `DeliveryError(maybe_delivered=True)`: the other side may have it; mark it done, log, never resend.
+* `DeliveryDeferred`: the platform takes no send now (ClawBot's reply rules, QQ's passive window): the
+  job is parked (`JobQueue.defer_delivery`: not failed, not refunded, no attempt used) and woken when
+  the user writes in that chat again (`App._on_inbound` → `JobQueue.wake_deferred`).
+* Exactly once across a crash: the intent is recorded before a video send (`mark_send_started`). A job
+  whose send began in an earlier run of the bot (killed between "sent" and "recorded") is not sent
+  blindly again: the channel is asked (`was_sent`, where it keeps a record); when it cannot tell, the
+  user gets one note that the video may have arrived and how to get it (`/发送 #N`).
 * A certain failure (DeliveryError without maybe_delivered, or any other error): retry with exponential
   backoff (`queue.delivery_backoff_s`, doubling) up to `queue.delivery_max_attempts`; then a video job is
   failed and refunded (`give_up_delivery`) and the user gets the failure note instead.
@@ -22,11 +30,12 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from bot.channel import Channel, DeliveryError
+from bot.channel import DeliveryDeferred, DeliveryError
+from bot.channels.hub import ChannelHub, as_hub
+from bot.jobs.models import Job, JobState
+from bot.jobs.queue import JobQueue
+from bot.jobs.settings import QueueSettings
 from bot.messages import OutgoingText, OutgoingVideo
-from generation.jobs.models import Job, JobState
-from generation.jobs.queue import JobQueue
-from generation.jobs.settings import QueueSettings
 
 log = logging.getLogger(__name__)
 
@@ -59,21 +68,27 @@ def failure_text(job: Job) -> str:
     return f"抱歉，你的视频没有生成成功：{reason}。\n提示词：{_short(job.prompt)}\n额度已退还（{job.cost} 点）。"
 
 
+def uncertain_text(job: Job) -> str:
+    return (f"你的视频 #{job.id} 可能已经发出（发送时机器人重启了）。如果没有收到，"
+            f"发送 /发送 #{job.id} 再发一次。")
+
+
 def cancelled_text(job: Job) -> str:
     return f"已停止你的视频任务（{_short(job.prompt, 30)}），额度已退还（{job.cost} 点）。"
 
 
 class DeliveryLoop:
-    def __init__(self, queue: JobQueue, channel: Channel, settings: QueueSettings | Any,
+    def __init__(self, queue: JobQueue, channel: ChannelHub | Any, settings: QueueSettings | Any,
                  clock: Clock = time.time) -> None:
         self.queue = queue
-        self.channel = channel
+        self.channel: ChannelHub = as_hub(channel)
         # accepts the `queue` section or the root settings object (which has `.queue`)
         self.settings: QueueSettings = settings if isinstance(settings, QueueSettings) else settings.queue
         self.clock = clock
         self._wake: asyncio.Event | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._task: asyncio.Task[None] | None = None
+        self._born = clock()  # sends recorded before this are from an earlier run of the bot
 
     # ------------------------------------------------------------ lifecycle
     async def start(self) -> None:
@@ -116,10 +131,15 @@ class DeliveryLoop:
     async def deliver_pending(self) -> int:
         """Handle every due undelivered job once; returns how many sends were attempted."""
         attempted = 0
+        offline: set[str] = set()
         for job in self.queue.undelivered():
-            if not self.channel.connected:
-                log.info("channel %s offline; delivery paused", getattr(self.channel, "name", "?"))
-                break
+            if not self.channel.is_connected(job.chat_id):
+                target = self.channel.channel_for(job.chat_id)
+                name = target.name if target is not None else "?"
+                if name not in offline:
+                    log.info("channel %s offline; its deliveries wait", name)
+                    offline.add(name)
+                continue
             if job.next_delivery_at is not None and job.next_delivery_at > self.clock():
                 continue
             attempted += 1
@@ -134,15 +154,25 @@ class DeliveryLoop:
             log.error("job %s: video file %s is missing; refunding", job.id, job.video_path, extra=ids)
             self.queue.give_up_delivery(job.id)
             return
+        if is_video and job.send_started_at is not None and job.send_started_at < self._born:
+            if await self._settle_unknown_send(job, mentions, ids):
+                return
         try:
             if is_video:
+                self.queue.mark_send_started(job.id)
                 await self.channel.send_video(OutgoingVideo(
                     chat_id=job.chat_id, video_path=str(job.video_path), cover_path=job.cover_path,
                     caption=success_caption(job), mention_ids=mentions,
-                    meta={"job_id": str(job.id), "label": job.label}))
+                    meta={"job_id": str(job.id), "label": job.label}, reply_to=job.message_id))
             else:
                 text = cancelled_text(job) if job.state is JobState.CANCELLED else failure_text(job)
-                await self.channel.send_text(OutgoingText(chat_id=job.chat_id, text=text, mention_ids=mentions))
+                await self.channel.send_text(OutgoingText(chat_id=job.chat_id, text=text, mention_ids=mentions,
+                                                          reply_to=job.message_id))
+        except DeliveryDeferred as exc:
+            if self.queue.defer_delivery(job.id, f"deferred: {exc}"):
+                log.info("job %s: the channel takes no send now (%s); kept until the user writes again",
+                         job.id, exc, extra=ids)
+            return
         except DeliveryError as exc:
             if exc.maybe_delivered:
                 log.warning("job %s: send may have reached the chat (%s); not retrying", job.id, exc, extra=ids)
@@ -157,6 +187,27 @@ class DeliveryLoop:
         self._done(job)
         log.info("job %s %s to %s", job.id, "delivered" if is_video else f"{job.state} note sent", job.chat_id,
                  extra=ids)
+
+    async def _settle_unknown_send(self, job: Job, mentions: tuple[str, ...], ids: dict[str, Any]) -> bool:
+        """A send of this video began before a restart. True when settled here (the channel says it was
+        sent, or the user was told it may have been); False when the channel says it was not sent."""
+        verdict = await self.channel.was_sent(job.chat_id, str(job.id))
+        if verdict is False:
+            log.info("job %s: the channel says the earlier send did not go out; sending", job.id, extra=ids)
+            return False
+        if verdict is None:
+            try:
+                await self.channel.send_text(OutgoingText(chat_id=job.chat_id, text=uncertain_text(job),
+                                                          mention_ids=mentions, reply_to=job.message_id))
+            except Exception as exc:  # the note is retried like any send
+                self._retry_or_give_up(job, f"{type(exc).__name__}: {exc}", ids)
+                return True
+            log.warning("job %s: a send was cut off by a restart; told the user instead of resending", job.id,
+                        extra=ids)
+        else:
+            log.info("job %s: the channel confirms the earlier send", job.id, extra=ids)
+        self._done(job)
+        return True
 
     def _done(self, job: Job) -> None:
         if job.state is JobState.SUCCEEDED:

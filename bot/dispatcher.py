@@ -1,6 +1,8 @@
 """Turns one incoming message into at most one handler call, safely.
 
-Order: route → flood control → de-duplication by message id → admin check → handler. Any
+Order: route → de-duplication by message id (durable: a re-delivered message that was answered is
+dropped, see `_first_time`) → flood control → admin check → the command's @user
+target parsed once (`CommandSpec.target`) → handler. Any
 exception in a handler is logged with the user/message ids and answered with a short Chinese
 apology; it never propagates into the channel's receive loop.
 """
@@ -10,7 +12,7 @@ from __future__ import annotations
 import logging
 
 from bot.messages import Message
-from bot.plugin import CommandCall, PluginContext
+from bot.plugin import CommandCall, PluginContext, TargetError, parse_target
 from bot.ratelimit import FloodControl, Verdict
 from bot.router import HINT_TEXT, RouteKind, Router
 
@@ -39,10 +41,27 @@ class Dispatcher:
             except Exception:
                 log.exception("could not send the error reply message=%s", message.message_id, extra=ids)
 
+    def _first_time(self, message: Message, ids: dict[str, str]) -> bool:
+        """False for a message already answered (a gateway re-delivers recent messages after a reconnect
+        or restart). The record is durable (`JobQueue.mark_received` / `mark_answered`); a message that
+        was taken but not answered before a crash is handled again."""
+        state = self._ctx.queue.seen_state(message.message_id)
+        if state is None:
+            self._ctx.queue.mark_received(message.message_id)
+            return True
+        if state in self._ctx.queue.REPLAYABLE:
+            log.info("message=%s taken before a restart but not answered; handling it again",
+                     message.message_id, extra=ids)
+            return True
+        log.info("message=%s already handled (%s); re-delivery dropped", message.message_id, state, extra=ids)
+        return False
+
     async def _handle(self, message: Message, ids: dict[str, str]) -> None:
         route = self._router.route(message)
         if route.kind is RouteKind.IGNORE:
             log.debug("ignored (%s) message=%s", route.reason, message.message_id, extra=ids)
+            return
+        if not self._first_time(message, ids):
             return
         if route.kind is RouteKind.PASSIVE:
             for plugin in self._ctx.registry.plugins:
@@ -61,9 +80,6 @@ class Dispatcher:
             return
         assert route.plugin is not None and route.spec is not None
         spec = route.spec
-        if spec.dedupe and not self._ctx.queue.mark_seen(message.message_id):
-            log.info("duplicate message=%s /%s dropped", message.message_id, spec.name, extra=ids)
-            return
         is_admin = self._ctx.permissions.message_from_admin(message)
         if spec.admin_only and not is_admin:
             log.warning(
@@ -75,6 +91,15 @@ class Dispatcher:
             )
             await self._ctx.reply(message, ADMIN_ONLY_TEXT)
             return
-        call = CommandCall(message=message, command=spec.name, word=route.word, args=route.args, is_admin=is_admin)
+        target: str | None = None
+        rest: tuple[str, ...] = ()
+        if spec.target == "required" or (spec.target == "optional" and is_admin and route.args.strip()):
+            try:
+                target, rest = parse_target(message, route.args, self._ctx.channel.bot_ids)
+            except TargetError as err:
+                await self._ctx.reply(message, str(err))
+                return
+        call = CommandCall(message=message, command=spec.name, word=route.word, args=route.args, is_admin=is_admin,
+                           target=target, rest=rest)
         log.info("command /%s user=%s message=%s", spec.name, message.sender_id, message.message_id, extra=ids)
         await route.plugin.call(spec, self._ctx, call)

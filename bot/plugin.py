@@ -18,21 +18,57 @@ parameters, never through module globals.
 from __future__ import annotations
 
 import logging
+import re
 import unicodedata
-from collections.abc import Awaitable, Callable, Iterable
-from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, ClassVar
+from collections.abc import Awaitable, Callable, Collection, Iterable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, ClassVar, Literal
 
-from bot.channel import Channel
+from bot.channel import ChannelCapabilities
+from bot.channels import ids
+from bot.channels.hub import ChannelHub
+from bot.executors.base import Executor
+from bot.jobs.queue import JobQueue
 from bot.messages import Message, OutgoingText
 from bot.permissions import Permissions
+from bot.store.quota import QuotaBook
 
 if TYPE_CHECKING:  # only for type hints: the objects are passed in by the app
+    from bot.prompts import PromptPipeline
     from bot.settings import Settings
 
 log = logging.getLogger(__name__)
 
 Handler = Callable[[Any, "PluginContext", "CommandCall"], Awaitable[None]]
+# Whether a command names a user (`/加额度 @张三 5`): the dispatcher parses the target once and hands it
+# to the handler as `call.target` / `call.rest`; "optional" parses it only for admins who gave arguments.
+TargetRule = Literal["none", "required", "optional"]
+
+_MENTION_TOKEN = re.compile(r"@[^\s\u2005\u2006]+")
+TARGET_HELP = "请 @ 要操作的群成员，或者填写对方的微信 ID。"
+
+
+class TargetError(ValueError):
+    """The command needs a user and none was given; the message is the Chinese reply."""
+
+
+def parse_target(message: Message, args: str, bot_ids: Collection[str]) -> tuple[str, tuple[str, ...]]:
+    """(target user id, remaining argument tokens) of an admin command.
+
+    The target is the first @-mention the channel resolved to an id (never a display name) or a typed
+    id. A typed id without a channel prefix, sent from a namespaced channel (ClawBot, WeCom, QQ), is
+    taken as an id of that same channel, so ids of two platforms never mix."""
+    mentions = [m for m in message.mentions if m not in bot_ids]
+    if mentions:
+        return mentions[0], tuple(_MENTION_TOKEN.sub(" ", args).split())
+    tokens = args.split()
+    if not tokens or tokens[0].startswith("@"):
+        raise TargetError(TARGET_HELP)
+    target = tokens[0]
+    channel, _ = ids.split(message.sender_id)
+    if channel is not None and ids.split(target)[0] is None:
+        target = ids.qualify(channel, target)
+    return target, tuple(tokens[1:])
 
 
 def normalize_command_word(word: str) -> str:
@@ -47,10 +83,11 @@ class CommandSpec:
     usage: str  # e.g. "/video [384p|768p] [5s|10s] [seed=N] 提示词"
     help: str  # one Chinese line for /help
     admin_only: bool = False
-    # True: the dispatcher drops a redelivered message id before calling the handler.
-    # The video command sets False because JobQueue.submit de-duplicates inside its transaction.
+    # Kept for plugins written against it; every message is now de-duplicated durably by the dispatcher
+    # (`Dispatcher._first_time`), and /视频 also inside JobQueue.submit's transaction.
     dedupe: bool = True
     method: str = ""  # attribute name of the handler on the plugin class
+    target: TargetRule = "none"
 
     @property
     def words(self) -> tuple[str, ...]:
@@ -64,6 +101,8 @@ class CommandCall:
     word: str  # as the user typed it (normalized)
     args: str  # text after the command word, stripped
     is_admin: bool = False
+    target: str | None = None  # the user a `target` command names (parsed by the dispatcher)
+    rest: tuple[str, ...] = ()  # argument tokens after the target
 
 
 def command(
@@ -74,6 +113,7 @@ def command(
     help: str,
     admin_only: bool = False,
     dedupe: bool = True,
+    target: TargetRule = "none",
 ) -> Callable[[Handler], Handler]:
     """Mark a plugin method as the handler of a command."""
 
@@ -86,6 +126,7 @@ def command(
             admin_only=admin_only,
             dedupe=dedupe,
             method=fn.__name__,
+            target=target,
         )
         return fn
 
@@ -126,21 +167,29 @@ class PluginContext:
     """Everything a handler may use, passed in by the app (no globals)."""
 
     settings: Settings
-    channel: Channel
-    quota: Any  # bot.store.quota.QuotaBook
-    queue: Any  # generation.jobs.queue.JobQueue
+    channel: ChannelHub  # sends go back through the channel a chat belongs to
+    quota: QuotaBook
+    queue: JobQueue
     clock: Callable[[], float]
     permissions: Permissions
     registry: PluginRegistry
-    pipeline: Any | None = None  # bot.prompts.PromptPipeline; identity when None
-    extras: dict[str, Any] = field(default_factory=dict)
+    pipeline: PromptPipeline | None = None  # identity when None
+    executor: Executor | None = None  # where jobs run; None in tests that run no worker
+
+    def capabilities(self, chat_id: str) -> ChannelCapabilities:
+        """What the channel of `chat_id` allows (acks and /帮助 adapt to it)."""
+        return self.channel.capabilities_for(chat_id)
 
     async def reply(self, message: Message, text: str, *, mention: bool = True) -> None:
-        """Answer in the message's chat; in groups the sender is @-mentioned."""
+        """Answer in the message's chat; in groups the sender is @-mentioned. The message is recorded as
+        answered first, so a re-delivery after a crash mid-send is not answered again."""
+        self.queue.mark_answered(message.message_id)
         mentions = (message.sender_id,) if (mention and message.is_group) else ()
         if mentions:
             text = f"@{message.sender_name} {text}"
-        await self.channel.send_text(OutgoingText(chat_id=message.chat_id, text=text, mention_ids=mentions))
+        await self.channel.send_text(
+            OutgoingText(chat_id=message.chat_id, text=text, mention_ids=mentions, reply_to=message.message_id)
+        )
 
 
 class PluginRegistry:

@@ -18,7 +18,7 @@ Rules (in order):
 from __future__ import annotations
 
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from dataclasses import dataclass
 from enum import StrEnum
 
@@ -56,15 +56,16 @@ class Router:
         *,
         registry: PluginRegistry,
         bot_name: str,
-        bot_id: str | Callable[[], str],
+        bot_id: str | Callable[[], str | Collection[str]],
         group_allowlist: list[str],
         allow_private: bool,
         require_mention_in_groups: bool,
     ) -> None:
         self._registry = registry
         self._bot_name = bot_name
-        # a callable: a channel may learn its own contact id only after login
-        self._bot_id: Callable[[], str] = bot_id if callable(bot_id) else (lambda: bot_id)
+        # a callable: a channel may learn its own contact id only after login; with several channels it
+        # returns every channel's own id
+        self._bot_id: Callable[[], str | Collection[str]] = bot_id if callable(bot_id) else (lambda: bot_id)
         self._allow = frozenset(group_allowlist)
         self._allow_private = allow_private
         self._require_mention = require_mention_in_groups
@@ -103,7 +104,8 @@ class Router:
         return word, args
 
     def route(self, message: Message) -> Route:
-        if message.sender_id == self._bot_id():
+        own = self._bot_id()
+        if message.sender_id == own or (not isinstance(own, str) and message.sender_id in own):
             return Route(RouteKind.IGNORE, reason="own message")
         if message.is_group:
             if self._allow and message.chat_id not in self._allow:

@@ -22,12 +22,13 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-from bot.channels.wechaty_settings import WechatySettings
+from bot.channels.settings import ChannelsSettings
+from bot.channels.wechaty.settings import WechatySettings
+from bot.executors.settings import ExecutorSettings
+from bot.jobs.settings import QueueSettings, WorkerSettings
 from bot.prompts.settings import PromptSettings
 from bot.store.settings import QuotaSettings, StorageSettings
 from bot.web.settings import PlaygroundSettings
-from generation.executors.settings import ExecutorSettings
-from generation.jobs.settings import QueueSettings, WorkerSettings
 from generation.settings import GenerationSettings
 
 ENV_PREFIX = "XIAOAI__"
@@ -96,6 +97,7 @@ class Settings(BaseModel):
     worker: WorkerSettings = Field(default_factory=WorkerSettings)
     generation: GenerationSettings = Field(default_factory=GenerationSettings)
     wechaty: WechatySettings = Field(default_factory=WechatySettings)
+    channels: ChannelsSettings = Field(default_factory=ChannelsSettings)
     prompts: PromptSettings = Field(default_factory=PromptSettings)
     executor: ExecutorSettings = Field(default_factory=ExecutorSettings)
     playground: PlaygroundSettings = Field(default_factory=PlaygroundSettings)

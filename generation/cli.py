@@ -9,6 +9,8 @@ import sys
 from pathlib import Path
 
 from generation.api import GenerationCancelled, GenerationRequest, InvalidRequest, Progress
+from generation.logs import setup_logging
+from generation.settings import GenerationSettings
 
 log = logging.getLogger(__name__)
 
@@ -49,19 +51,7 @@ def add_generate_parser(subparsers) -> argparse.ArgumentParser:
     return p
 
 
-def _base_settings(args: argparse.Namespace):
-    """The `generation:` section of config.yaml when run as `xiaoai generate` (which has --config), else defaults."""
-    from generation.settings import GenerationSettings
-
-    if not hasattr(args, "config"):
-        return GenerationSettings()
-    from bot.settings import load_settings
-
-    return load_settings(Path(args.config) if args.config else None).generation
-
-
-def _settings_from_args(args: argparse.Namespace):
-    base = _base_settings(args)
+def _settings_from_args(args: argparse.Namespace, base: GenerationSettings) -> GenerationSettings:
     over: dict = {"output_dir": args.output if args.output.suffix != ".mp4" else args.output.parent}
     if args.checkpoint is not None:
         over["checkpoint"] = args.checkpoint
@@ -98,10 +88,12 @@ class _Bar:
             self.bar.close()
 
 
-def run_generate(args: argparse.Namespace) -> int:
+def run_generate(args: argparse.Namespace, base: GenerationSettings | None = None) -> int:
+    """One video. `base` is the caller's `generation:` settings (`xiaoai generate` passes the ones from
+    config.yaml); the command-line flags override it. Defaults when None."""
     from generation.pipeline import build_generator
 
-    settings = _settings_from_args(args)
+    settings = _settings_from_args(args, base if base is not None else GenerationSettings())
     if settings.checkpoint is None:
         print("未配置模型权重：使用 tiny 随机权重演示模型（输出只是噪声画面）。"
               "No checkpoint given: using the tiny random-weight demo model.", file=sys.stderr)
@@ -155,7 +147,7 @@ def main(argv: list[str] | None = None) -> int:
     sub = ap.add_subparsers(dest="command", required=True)
     add_generate_parser(sub)
     args = ap.parse_args(argv)
-    logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    setup_logging("WARNING")
     return int(args.func(args))
 
 

@@ -132,23 +132,31 @@ def load_weights_into(module: nn.Module, folder: Path, dtype: torch.dtype) -> nn
 # --------------------------------------------------------------------------- modules
 
 
-def detect_model_name(root: Path, variant: str) -> str:
+def detect_model_name(root: Path, variant: str, config: dict | None = None) -> str:
+    """The DiT variant of a checkpoint: `model_name_from_config` (the rule `build_dit` uses), else an
+    SD3-style third text encoder folder means MMDiT."""
+    from generation.models.dit_config import model_name_from_config
+
     root = Path(root)
-    cfg = read_config(root / f"diffusion_transformer_{variant}")
+    cfg = config if config is not None else read_config(root / f"diffusion_transformer_{variant}")
     cls = str(cfg.get("_class_name", ""))
-    if "Flux" in cls or "num_single_layers" in cfg:
+    named = model_name_from_config(cfg)
+    if named is not None:
+        return named
+    if "Flux" in cls:
         return "pyramid_flux"
-    if "MMDiT" in cls or "caption_projection_dim" in cfg or (root / "text_encoder_3").is_dir():
+    if "MMDiT" in cls or (root / "text_encoder_3").is_dir():
         return "pyramid_mmdit"
     raise CheckpointError(f"{root / f'diffusion_transformer_{variant}' / 'config.json'}: cannot tell the model type")
 
 
 def load_dit(root: Path, variant: str, model_name: str, *, dtype: torch.dtype, device: torch.device,
-             attention_backend: str = "prefix") -> nn.Module:
-    from generation.models import build_dit
+             attention_backend: str = "prefix", config: dict | None = None) -> nn.Module:
+    """Build the DiT from its `config.json` (pass `config` when it was already read) and load its weights."""
+    from generation.models.registry import build_dit
 
     folder = Path(root) / f"diffusion_transformer_{variant}"
-    config = read_config(folder)
+    config = config if config is not None else read_config(folder)
     with init_empty_weights(include_buffers=False):
         try:
             dit = build_dit(model_name, config, attention_backend=attention_backend)
@@ -204,12 +212,14 @@ def load_pipeline(
         raise CheckpointError(f"checkpoint folder missing: {root}")
     device = torch.device(device)
     dtype = dtype or (torch.bfloat16 if device.type == "cuda" else torch.float32)
+    dit_config = read_config(root / f"diffusion_transformer_{variant}")  # read once, used twice
     if model_name is None:
-        model_name = detect_model_name(root, variant)
+        model_name = detect_model_name(root, variant, dit_config)
     if model_name not in MODEL_NAMES:
         raise CheckpointError(f"unknown model name {model_name!r} (expected one of {MODEL_NAMES})")
     log.info("loading %s %s from %s (%s on %s)", model_name, variant, root, dtype, device)
-    dit = load_dit(root, variant, model_name, dtype=dtype, device=device, attention_backend=attention_backend)
+    dit = load_dit(root, variant, model_name, dtype=dtype, device=device, attention_backend=attention_backend,
+                   config=dit_config)
     vae = load_vae(root, dtype=dtype, device=device)
     text = None
     if load_text:

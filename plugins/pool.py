@@ -3,10 +3,10 @@ node, GPU, model and variants, the job it runs, jobs done and mean generation ti
 
 from __future__ import annotations
 
+from bot.executors.base import PoolView, pool_notice
+from bot.executors.status import ActorStatus
+from bot.jobs.models import JobState
 from bot.plugin import CommandCall, Plugin, PluginContext, command
-from generation.executors.base import EXECUTOR_EXTRA, PoolView, pool_notice
-from generation.executors.status import ActorStatus
-from generation.jobs.models import JobState
 
 STATE_TEXT = {"starting": "启动中（加载模型/等待资源）", "idle": "空闲", "busy": "生成中", "dead": "已停止，等待重建"}
 CLUSTER_TEXT = {"connecting": "连接中", "ready": "正常", "unreachable": "无法连接", "lost": "连接中断", "stopped": "已停止"}
@@ -60,7 +60,7 @@ class PoolPlugin(Plugin):
     @command("pool", aliases=("资源池",), usage="/资源池", help="查看生成资源池：节点、GPU、模型、当前任务、完成数与平均耗时",
              admin_only=True)
     async def pool(self, ctx: PluginContext, call: CommandCall) -> None:
-        executor = ctx.extras.get(EXECUTOR_EXTRA)
+        executor = ctx.executor
         if executor is None:
             await ctx.reply(call.message, NO_EXECUTOR_TEXT)
             return

@@ -21,34 +21,16 @@ import re
 from datetime import datetime
 from zoneinfo import ZoneInfo
 
-from bot.plugin import CommandCall, Plugin, PluginContext, command
+from bot.plugin import CommandCall, Plugin, PluginContext, TargetError, command
 from bot.timefmt import format_next_reset
 
 log = logging.getLogger(__name__)
 
-_MENTION_TOKEN = re.compile(r"@[^\s\u2005\u2006]+")
 _INT = re.compile(r"^[+-]?\d+$")
 KIND_TEXT = {"grant": "发放", "spend": "消耗", "refund": "退还", "adjust": "调整", "reset": "每日重置"}
-TARGET_HELP = "请 @ 要操作的群成员，或者填写对方的微信 ID。"
 
 
-class TargetError(ValueError):
-    pass
-
-
-def parse_target(ctx: PluginContext, call: CommandCall) -> tuple[str, list[str]]:
-    """(target contact id, remaining argument tokens)."""
-    mentions = [m for m in call.message.mentions if m != ctx.channel.bot_id]
-    if mentions:
-        rest = _MENTION_TOKEN.sub(" ", call.args).split()
-        return mentions[0], rest
-    tokens = call.args.split()
-    if not tokens or tokens[0].startswith("@"):
-        raise TargetError(TARGET_HELP)
-    return tokens[0], tokens[1:]
-
-
-def split_value(tokens: list[str]) -> tuple[int, str]:
+def split_value(tokens: tuple[str, ...]) -> tuple[int, str]:
     """First integer token is the value; what follows is the reason."""
     for i, tok in enumerate(tokens):
         if _INT.match(tok):
@@ -65,17 +47,14 @@ class QuotaPlugin(Plugin):
     description = "额度查询与管理"
     settings_section = "quota"
 
-    @command("quota", aliases=("额度",), usage="/额度", help="查看您的剩余额度、今日用量和重置时间")
+    @command("quota", aliases=("额度",), usage="/额度", help="查看您的剩余额度、今日用量和重置时间",
+             target="optional")
     async def quota(self, ctx: PluginContext, call: CommandCall) -> None:
         message = call.message
         user_id = message.sender_id
         prefix = ""
-        if call.is_admin and call.args.strip():
-            try:
-                user_id, _ = parse_target(ctx, call)
-            except TargetError as err:
-                await ctx.reply(message, str(err))
-                return
+        if call.target is not None:
+            user_id = call.target
             prefix = f"用户 {user_id}："
         else:
             ctx.quota.ensure_user(user_id, message.chat_id if message.is_group else None)
@@ -94,10 +73,10 @@ class QuotaPlugin(Plugin):
             lines.append("（已被管理员暂停使用）")
         await ctx.reply(message, "\n".join(lines))
 
-    @command("setquota", aliases=("设置额度",), usage="/设置额度 @用户 数量 [原因]", help="把用户额度设为指定值", admin_only=True)
+    @command("setquota", aliases=("设置额度",), usage="/设置额度 @用户 数量 [原因]", help="把用户额度设为指定值", admin_only=True, target="required")
     async def set_quota(self, ctx: PluginContext, call: CommandCall) -> None:
+        target, rest = call.target or "", call.rest
         try:
-            target, rest = parse_target(ctx, call)
             value, reason = split_value(rest)
         except TargetError as err:
             await ctx.reply(call.message, str(err))
@@ -109,10 +88,10 @@ class QuotaPlugin(Plugin):
         log.info("admin %s set quota of %s to %s", call.message.sender_id, target, value)
         await ctx.reply(call.message, f"已把 {target} 的额度设为 {ctx.quota.balance(target)} 点。")
 
-    @command("addquota", aliases=("加额度", "增加额度"), usage="/加额度 @用户 数量 [原因]", help="给用户增加（负数为扣减）额度", admin_only=True)
+    @command("addquota", aliases=("加额度", "增加额度"), usage="/加额度 @用户 数量 [原因]", help="给用户增加（负数为扣减）额度", admin_only=True, target="required")
     async def add_quota(self, ctx: PluginContext, call: CommandCall) -> None:
+        target, rest = call.target or "", call.rest
         try:
-            target, rest = parse_target(ctx, call)
             delta, reason = split_value(rest)
         except TargetError as err:
             await ctx.reply(call.message, str(err))
@@ -121,24 +100,16 @@ class QuotaPlugin(Plugin):
         log.info("admin %s added %s to %s", call.message.sender_id, delta, target)
         await ctx.reply(call.message, f"已为 {target} 调整 {delta:+d} 点，当前 {ctx.quota.balance(target)} 点。")
 
-    @command("resetquota", aliases=("重置额度",), usage="/重置额度 @用户", help="把用户额度恢复为每日额度", admin_only=True)
+    @command("resetquota", aliases=("重置额度",), usage="/重置额度 @用户", help="把用户额度恢复为每日额度", admin_only=True, target="required")
     async def reset_quota(self, ctx: PluginContext, call: CommandCall) -> None:
-        try:
-            target, _ = parse_target(ctx, call)
-        except TargetError as err:
-            await ctx.reply(call.message, str(err))
-            return
+        target = call.target or ""
         ctx.quota.reset_user(call.message.sender_id, target)
         log.info("admin %s reset quota of %s", call.message.sender_id, target)
         await ctx.reply(call.message, f"已把 {target} 的额度恢复为 {ctx.quota.balance(target)} 点。")
 
-    @command("ban", aliases=("封禁",), usage="/封禁 @用户 [原因]", help="暂停用户使用视频生成", admin_only=True)
+    @command("ban", aliases=("封禁",), usage="/封禁 @用户 [原因]", help="暂停用户使用视频生成", admin_only=True, target="required")
     async def ban(self, ctx: PluginContext, call: CommandCall) -> None:
-        try:
-            target, rest = parse_target(ctx, call)
-        except TargetError as err:
-            await ctx.reply(call.message, str(err))
-            return
+        target, rest = call.target or "", call.rest
         if ctx.permissions.is_admin(target):
             await ctx.reply(call.message, "不能封禁管理员。")
             return
@@ -146,24 +117,16 @@ class QuotaPlugin(Plugin):
         log.info("admin %s banned %s", call.message.sender_id, target)
         await ctx.reply(call.message, f"已暂停 {target} 使用视频生成。")
 
-    @command("unban", aliases=("解封",), usage="/解封 @用户", help="恢复用户使用视频生成", admin_only=True)
+    @command("unban", aliases=("解封",), usage="/解封 @用户", help="恢复用户使用视频生成", admin_only=True, target="required")
     async def unban(self, ctx: PluginContext, call: CommandCall) -> None:
-        try:
-            target, _ = parse_target(ctx, call)
-        except TargetError as err:
-            await ctx.reply(call.message, str(err))
-            return
+        target = call.target or ""
         ctx.quota.unban(call.message.sender_id, target)
         log.info("admin %s unbanned %s", call.message.sender_id, target)
         await ctx.reply(call.message, f"已恢复 {target} 使用视频生成。")
 
-    @command("ledger", aliases=("流水",), usage="/流水 @用户", help="查看用户的额度流水（每一笔增减）", admin_only=True)
+    @command("ledger", aliases=("流水",), usage="/流水 @用户", help="查看用户的额度流水（每一笔增减）", admin_only=True, target="required")
     async def ledger(self, ctx: PluginContext, call: CommandCall) -> None:
-        try:
-            target, _ = parse_target(ctx, call)
-        except TargetError as err:
-            await ctx.reply(call.message, str(err))
-            return
+        target = call.target or ""
         tz = self.section(ctx).timezone
         rows = ctx.quota.history(target, limit=20)
         if not rows:

@@ -28,16 +28,17 @@ import re
 import secrets
 import unicodedata
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from bot.channel import ImageFetchError
+from bot.delivery import success_caption
+from bot.executors.base import user_notice
 from bot.images import ImageRejected, store_image, validate_image
-from bot.messages import Message
+from bot.jobs.models import JobSpec, JobState, SubmitOutcome
+from bot.messages import Message, OutgoingVideo
 from bot.plugin import CommandCall, Plugin, PluginContext, command
-from bot.store.db import transaction
 from bot.timefmt import format_eta, format_next_reset
-from generation.executors.base import user_notice
-from generation.jobs.models import JobSpec, JobState, SubmitOutcome
 
 log = logging.getLogger(__name__)
 
@@ -174,10 +175,7 @@ class VideoPlugin(Plugin):
         if job is None or not (mine or call.is_admin):
             await ctx.reply(message, f"没有找到您的任务 #{number}。发送 /队列 查看您的任务。")
             return
-        with transaction(ctx.queue.db):  # the cancel and, for someone else's job, its audit row together
-            done = ctx.queue.cancel(job.id)
-            if done is not None and not mine:
-                ctx.quota.audit(message.sender_id, "cancel", job.user_id, {"job_id": job.id, "was": str(job.state)})
+        done = ctx.queue.cancel(job.id, actor=message.sender_id)  # audited when it is someone else's job
         whose = "" if mine else f" {job.user_name or job.user_id} 的"
         if done is None:
             await ctx.reply(message, f"任务 #{job.id} 已经结束或正在停止。")
@@ -185,6 +183,30 @@ class VideoPlugin(Plugin):
             await ctx.reply(message, f"已取消{whose}任务 #{job.id}，额度已退还（{job.cost} 点）。")
         else:
             await ctx.reply(message, f"{whose.strip()}任务 #{job.id} 正在生成，将在下一步停止，额度会退还。")
+
+    @command("resend", aliases=("发送",), usage="/发送 #任务号",
+             help="再发一次您已生成的视频，例如 /发送 #12（没收到视频时用）")
+    async def resend(self, ctx: PluginContext, call: CommandCall) -> None:
+        message = call.message
+        number = call.args.strip().lstrip("#＃").strip()
+        if not number.isdigit():
+            await ctx.reply(message, "用法：/发送 #任务号，例如 /发送 #12（任务号见视频的确认消息或 /队列）")
+            return
+        job = ctx.queue.get(int(number))
+        mine = job is not None and job.user_id == message.sender_id
+        if job is None or not (mine or call.is_admin):
+            await ctx.reply(message, f"没有找到你的任务 #{number}。")
+            return
+        if job.state not in (JobState.SUCCEEDED, JobState.DELIVERED) or not job.video_path \
+                or not Path(job.video_path).is_file():
+            await ctx.reply(message, f"任务 #{job.id} 没有可发送的视频（{_STATE_TEXT.get(str(job.state), job.state)}）。")
+            return
+        ctx.queue.mark_answered(message.message_id)  # a re-delivery of this request sends nothing again
+        mentions = (message.sender_id,) if message.is_group else ()
+        await ctx.channel.send_video(OutgoingVideo(
+            chat_id=message.chat_id, video_path=job.video_path, cover_path=job.cover_path,
+            caption=success_caption(job), mention_ids=mentions, reply_to=message.message_id,
+            meta={"job_id": f"{job.id}-resend-{message.message_id}", "label": job.label}))
 
     @command("queue", aliases=("队列",), usage="/队列", help="查看队列和您的任务位置")
     async def queue(self, ctx: PluginContext, call: CommandCall) -> None:
@@ -202,7 +224,7 @@ class VideoPlugin(Plugin):
                 lines.append(f"#{job.id} 排队第 {pos} 位，预计{eta}后完成：{_short(job.prompt)}")
         if not mine:
             lines.append("您没有排队中的任务。")
-        if notice := user_notice(ctx.extras):
+        if notice := user_notice(ctx.executor):
             lines.append(notice)
         await ctx.reply(call.message, "\n".join(lines))
 
@@ -363,13 +385,15 @@ class VideoPlugin(Plugin):
             lines.extend(notes)
         elif spec.final_prompt != spec.prompt:
             lines.append(f"模型提示词：{spec.final_prompt}")
-        if notice := user_notice(ctx.extras):
+        if notice := user_notice(ctx.executor):
             lines.append(notice)
-        lines.append("发送 /取消 可以取消。")
+        hint = ctx.capabilities(spec.chat_id).deferred_hint  # e.g. ClawBot: how to collect a held video
+        lines.append(f"{hint}。发送 /取消 可以取消。" if hint else "发送 /取消 可以取消。")
         return "\n".join(lines)
 
 
 BANNED_TEXT = "您已被管理员暂停使用视频生成功能，如有疑问请联系管理员。"
+_STATE_TEXT = {"queued": "还在排队", "running": "正在生成", "failed": "生成失败", "cancelled": "已取消"}
 
 
 def _pending_limit(ctx: PluginContext) -> Any:

@@ -6,12 +6,12 @@ import itertools
 from dataclasses import dataclass
 from pathlib import Path
 
+from bot.jobs.models import JobSpec
+from bot.jobs.queue import JobQueue
+from bot.jobs.settings import QueueSettings
 from bot.store.db import open_db
 from bot.store.quota import QuotaBook
 from bot.store.settings import QuotaSettings
-from generation.jobs.models import JobSpec
-from generation.jobs.queue import JobQueue
-from generation.jobs.settings import QueueSettings
 
 _ids = itertools.count(1)
 

@@ -30,15 +30,15 @@ for _k, _v in QUIET_RAY_ENV.items():
 
 import ray  # noqa: E402
 
+from bot.executors.ray_executor import RayDispatcher  # noqa: E402
+from bot.executors.settings import ActorSpec, ExecutorSettings  # noqa: E402
+from bot.executors.status import PoolStore  # noqa: E402
+from bot.jobs.models import JobSpec, JobState  # noqa: E402
+from bot.jobs.queue import JobQueue  # noqa: E402
+from bot.jobs.settings import QueueSettings, WorkerSettings  # noqa: E402
 from bot.store.db import open_db  # noqa: E402
 from bot.store.quota import QuotaBook  # noqa: E402
 from bot.store.settings import QuotaSettings  # noqa: E402
-from generation.executors.ray_executor import RayDispatcher  # noqa: E402
-from generation.executors.settings import ActorSpec, ExecutorSettings  # noqa: E402
-from generation.executors.status import PoolStore  # noqa: E402
-from generation.jobs.models import JobSpec, JobState  # noqa: E402
-from generation.jobs.queue import JobQueue  # noqa: E402
-from generation.jobs.settings import QueueSettings, WorkerSettings  # noqa: E402
 
 NODE_IP = "127.0.0.1"
 _ids = itertools.count(1)

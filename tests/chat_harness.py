@@ -16,10 +16,10 @@ from PIL import Image
 from bot.channels.local import LocalChannel
 from bot.core import build_dispatcher
 from bot.dispatcher import Dispatcher
+from bot.jobs.queue import JobQueue
 from bot.settings import Settings
 from bot.store.db import open_db
 from bot.store.quota import LedgerRow, QuotaBook
-from generation.jobs.queue import JobQueue
 from plugins import default_plugins
 
 ADMIN = "wxid_admin"

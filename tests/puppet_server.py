@@ -34,7 +34,7 @@ import grpclib.server
 from grpclib.exceptions import GRPCError
 from grpclib.protocol import H2Protocol
 
-from bot.channels import grpc_media
+from bot.channels.wechaty import grpc_media
 
 # wechaty_grpc modules do not import wechaty itself (no shim needed here).
 import wechaty_grpc.wechaty as grpc_root  # isort: skip

@@ -7,12 +7,12 @@ import multiprocessing as mp
 import threading
 from pathlib import Path
 
+from bot.jobs.models import JobSpec
+from bot.jobs.queue import JobQueue
+from bot.jobs.settings import QueueSettings
 from bot.store.db import open_db
 from bot.store.quota import QuotaBook
 from bot.store.settings import QuotaSettings
-from generation.jobs.models import JobSpec
-from generation.jobs.queue import JobQueue
-from generation.jobs.settings import QueueSettings
 
 N = 200
 QUOTA = QuotaSettings(daily=3)

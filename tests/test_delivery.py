@@ -10,11 +10,11 @@ from _jobs_support import Clock, ledger, make_store, spec
 
 from bot.channel import Channel, DeliveryError, MessageHandler
 from bot.delivery import DeliveryLoop
+from bot.jobs.models import JobState
+from bot.jobs.settings import QueueSettings, WorkerSettings
 from bot.messages import Message, OutgoingText, OutgoingVideo
-from generation.jobs.models import JobState
-from generation.jobs.settings import QueueSettings, WorkerSettings
+from bot.worker import JobRunner
 from generation.synthetic import SYNTHETIC_LABEL, SyntheticGenerator
-from generation.worker import JobRunner
 
 
 class RecordingChannel:

@@ -12,8 +12,8 @@ from pathlib import Path
 from bot.app import App
 from bot.channels.local import LocalChannel
 from bot.cli import main
+from bot.jobs.models import JobState
 from bot.settings import Settings
-from generation.jobs.models import JobState
 from generation.video_io import probe
 from tests.chat_harness import ROOM, Clock, async_test, make_settings, png_bytes
 

@@ -21,6 +21,8 @@ from PIL import Image
 from starlette.testclient import TestClient
 
 from bot.core import build_dispatcher
+from bot.jobs.models import JobSpec, JobState
+from bot.jobs.queue import JobQueue
 from bot.settings import Settings, SettingsError, settings_from_mapping
 from bot.store.db import open_db
 from bot.store.quota import QuotaBook
@@ -29,8 +31,6 @@ from bot.web.dashboard import COOKIE, DASHBOARD_ACTOR
 from bot.web.runner import PlaygroundError, dashboard_token, playground_settings
 from bot.web.server import LOOPBACK_HOSTS, WebDeps, create_app
 from bot.web.settings import PlaygroundSettings
-from generation.jobs.models import JobSpec, JobState
-from generation.jobs.queue import JobQueue
 from plugins import default_plugins
 from plugins.video import BANNED_TEXT
 from tests._web_support import ADMIN_ID, TOKEN, fast_config

@@ -7,10 +7,10 @@ from pathlib import Path
 import pytest
 from _jobs_support import Clock, ledger, make_store, spec
 
+from bot.jobs.fairness import Pending, fair_order
+from bot.jobs.models import JobState
+from bot.jobs.settings import QueueSettings
 from bot.store.settings import QuotaSettings
-from generation.jobs.fairness import Pending, fair_order
-from generation.jobs.models import JobState
-from generation.jobs.settings import QueueSettings
 
 
 def test_submit_spends_and_queues(tmp_path: Path) -> None:

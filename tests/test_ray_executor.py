@@ -36,11 +36,11 @@ from PIL import Image
 from bot.app import App
 from bot.channels.local import LocalChannel
 from bot.dispatcher import ADMIN_ONLY_TEXT
-from generation.executors import build_executor
-from generation.executors.ray_executor import RayExecutor
-from generation.executors.settings import ActorSpec
-from generation.executors.status import ActorStatus, PoolStore
-from generation.jobs.models import JobState
+from bot.executors import build_executor
+from bot.executors.ray_executor import RayExecutor
+from bot.executors.settings import ActorSpec
+from bot.executors.status import ActorStatus, PoolStore
+from bot.jobs.models import JobState
 from generation.settings import GenerationSettings
 from generation.synthetic import SYNTHETIC_LABEL
 from generation.video_io import probe

@@ -9,8 +9,8 @@ from pathlib import Path
 
 from PIL import Image
 
+from bot.jobs.models import JobState
 from bot.messages import OutgoingText
-from generation.jobs.models import JobState
 from tests.chat_harness import ADMIN, ROOM, async_test, make_harness, make_settings, png_bytes
 
 ALICE = {"sender_id": "wxid_alice", "sender_name": "Alice"}

@@ -14,7 +14,7 @@ import pytest
 from grpclib.exceptions import GRPCError
 
 from bot.channel import Channel, DeliveryError, ImageFetchError
-from bot.channels.wechaty_channel import ConnState, strip_mention
+from bot.channels.wechaty.adapter import ConnState, strip_mention
 from bot.messages import ChatKind, Message, OutgoingText, OutgoingVideo
 from tests.puppet_server import FakePuppetServer
 from tests.wechaty_helpers import (
@@ -315,7 +315,7 @@ def test_puppet_restart_reconnects_and_messages_flow_again(tmp_path: Path) -> No
 
 
 def test_unreachable_endpoint_is_reported_and_loop_keeps_running(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
-    caplog.set_level(logging.ERROR, logger="bot.channels.wechaty_channel")
+    caplog.set_level(logging.ERROR, logger="bot.channels.wechaty.adapter")
 
     async def scenario() -> None:
         probe = await FakePuppetServer().start()
@@ -370,7 +370,7 @@ def test_strip_mention() -> None:
 
 def test_fake_server_records_file_box_json(tmp_path: Path) -> None:
     """The recorded JSON is what a TS server would parse: `type` and `boxType` both set."""
-    from bot.channels import grpc_media
+    from bot.channels.wechaty import grpc_media
 
     box = json.loads(grpc_media.base64_file_box(b"abc", "a.mp4", metadata={"k": 1}))
     assert box["type"] == box["boxType"] == 1 and box["mediaType"] == "video/mp4" and box["metadata"] == {"k": 1}
@@ -434,7 +434,7 @@ def test_import_shim_in_a_fresh_interpreter(tmp_path: Path) -> None:
                            capture_output=True, text=True)  # fmt: skip
     assert stock.returncode != 0 and "mutable default" in stock.stderr  # Python >= 3.11
     code = (
-        "from bot.channels.wechaty_compat import load_wechaty\n"
+        "from bot.channels.wechaty.compat import load_wechaty\n"
         "m = load_wechaty('own-cache')\n"
         "import wechaty_puppet_service.puppet as p\n"
         "print(m.Wechaty.__name__, p.get_token(), p.get_endpoint())\n"

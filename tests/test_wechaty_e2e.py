@@ -16,9 +16,10 @@ import pytest
 from PIL import Image
 
 from bot.app import App
-from bot.channels.wechaty_channel import WechatyChannel, serve_wechat
+from bot.channels.wechaty.adapter import WechatyChannel
+from bot.jobs.models import JobSpec, JobState
+from bot.serve import serve as serve_wechat
 from bot.settings import Settings
-from generation.jobs.models import JobSpec, JobState
 from tests.puppet_server import FakePuppetServer
 from tests.wechaty_helpers import (
     ALICE,

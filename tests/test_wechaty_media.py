@@ -7,8 +7,8 @@ from pathlib import Path
 import pytest
 from pydantic import ValidationError
 
-from bot.channels import wechat_media
-from bot.channels.wechaty_settings import WechatySettings
+from bot.channels.wechaty import media as wechat_media
+from bot.channels.wechaty.settings import WechatySettings
 from tests.wechaty_helpers import make_mp4
 
 

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from bot.channel import DeliveryError
-from bot.channels.wechaty_channel import ConnState, WechatyChannel
+from bot.channels.wechaty.adapter import ConnState, WechatyChannel
 from bot.messages import ChatKind, Message, OutgoingText, OutgoingVideo
 from tests.ts_puppet_server import TsPuppetServer, ensure_ts_puppet
 from tests.wechaty_helpers import (

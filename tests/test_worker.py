@@ -13,13 +13,13 @@ from pathlib import Path
 import pytest
 from _jobs_support import Clock, ledger, make_store, spec
 
+from bot.jobs.models import JobState
+from bot.jobs.settings import QueueSettings, WorkerSettings
 from bot.store.settings import QuotaSettings, StorageSettings
+from bot.worker import JobRunner, WorkerSections, WorkerSupervisor, open_queue
 from generation.api import GenerationRequest
-from generation.jobs.models import JobState
-from generation.jobs.settings import QueueSettings, WorkerSettings
 from generation.synthetic import SYNTHETIC_LABEL, SyntheticGenerator
 from generation.video_io import probe
-from generation.worker import JobRunner, WorkerSections, WorkerSupervisor, open_queue
 
 
 def worker_settings(tmp_path: Path, **kw: object) -> WorkerSettings:

@@ -12,8 +12,8 @@ from typing import Any
 import imageio_ffmpeg
 import pytest
 
-from bot.channels.wechaty_channel import WechatyChannel
-from bot.channels.wechaty_settings import PuppetConnection, WechatySettings
+from bot.channels.wechaty.adapter import WechatyChannel
+from bot.channels.wechaty.settings import PuppetConnection, WechatySettings
 
 TOKEN = "insecure_xiaoai_test_token"
 ROOM = "r-1@chatroom"

@@ -1,4 +1,4 @@
-"""The one SQLite file: opening it, its schema, and the transaction helper everyone uses.
+"""The one SQLite file: opening it, its schema (every table lives here), and the transaction helper.
 
 Every process (the bot, the worker process, the worker's heartbeat thread) opens its own connection
 with `open_db`. Connections run in autocommit mode (`isolation_level=None`) with WAL and a busy
@@ -22,7 +22,14 @@ import sqlite_utils
 
 log = logging.getLogger(__name__)
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
+
+# Columns added after version 1, as (table, column, declaration). `open_db` adds the missing ones, so
+# older database files open unchanged apart from the new columns.
+_ADDED_COLUMNS: tuple[tuple[str, str, str], ...] = (
+    ("jobs", "deferred_at", "REAL"),  # 2: parked until the user writes again (the channel allowed no send)
+    ("jobs", "send_started_at", "REAL"),  # 2: a video send began (intent recorded before the send)
+)
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS jobs (
@@ -61,7 +68,9 @@ CREATE TABLE IF NOT EXISTS jobs (
     notified INTEGER NOT NULL DEFAULT 0,
     delivery_attempts INTEGER NOT NULL DEFAULT 0,
     next_delivery_at REAL,
-    delivery_error TEXT
+    delivery_error TEXT,
+    deferred_at REAL,
+    send_started_at REAL
 );
 CREATE INDEX IF NOT EXISTS jobs_state ON jobs (state, created_at);
 CREATE INDEX IF NOT EXISTS jobs_user ON jobs (user_id, created_at);
@@ -115,6 +124,32 @@ CREATE TABLE IF NOT EXISTS seen_messages (
     ts REAL NOT NULL
 );
 
+CREATE TABLE IF NOT EXISTS pool_cluster (
+    id INTEGER PRIMARY KEY CHECK (id = 1),
+    kind TEXT NOT NULL,
+    state TEXT NOT NULL,
+    message TEXT NOT NULL DEFAULT '',
+    address TEXT NOT NULL DEFAULT '',
+    since REAL NOT NULL,
+    updated_at REAL NOT NULL
+);
+
+CREATE TABLE IF NOT EXISTS pool_actors (
+    name TEXT PRIMARY KEY,
+    incarnation INTEGER NOT NULL DEFAULT 0,
+    state TEXT NOT NULL,
+    node TEXT NOT NULL DEFAULT '',
+    gpu TEXT NOT NULL DEFAULT '',
+    model TEXT NOT NULL DEFAULT '',
+    variants TEXT NOT NULL DEFAULT '[]',
+    job_id INTEGER,
+    job_started_at REAL,
+    jobs_done INTEGER NOT NULL DEFAULT 0,
+    busy_s REAL NOT NULL DEFAULT 0,
+    error TEXT NOT NULL DEFAULT '',
+    updated_at REAL NOT NULL
+);
+
 CREATE TABLE IF NOT EXISTS meta (
     key TEXT PRIMARY KEY,
     value TEXT NOT NULL
@@ -143,8 +178,13 @@ def open_db(path: Path, *, busy_timeout_ms: int = 30_000) -> sqlite_utils.Databa
     with transaction(db):
         for statement in _split_statements(_SCHEMA):
             db.execute(statement)
+        for table, column, decl in _ADDED_COLUMNS:
+            have = {row[1] for row in db.execute(f"PRAGMA table_info({table})").fetchall()}
+            if column not in have:
+                db.execute(f"ALTER TABLE {table} ADD COLUMN {column} {decl}")
         db.execute(
-            "INSERT OR IGNORE INTO meta (key, value) VALUES ('schema_version', ?)", [str(SCHEMA_VERSION)]
+            "INSERT INTO meta (key, value) VALUES ('schema_version', ?) "
+            "ON CONFLICT (key) DO UPDATE SET value = excluded.value", [str(SCHEMA_VERSION)]
         )
     return db
 

@@ -187,6 +187,13 @@ class QuotaBook:
         )
         return balance
 
+    def users(self) -> list[tuple[str, str | None, float, float]]:
+        """(user id, group id, first seen, last seen) of every known user, the most recently seen first."""
+        with db_lock(self.db):
+            rows = self.db.execute(
+                "SELECT user_id, group_id, first_seen, last_seen FROM users ORDER BY last_seen DESC").fetchall()
+        return [(str(r[0]), r[1], float(r[2]), float(r[3])) for r in rows]
+
     def audit(self, actor_id: str, action: str, target_id: str | None, detail: dict[str, Any]) -> None:
         """Record an admin action done elsewhere (e.g. cancelling someone's job); joins an open transaction."""
         with transaction(self.db):

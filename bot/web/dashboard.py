@@ -42,11 +42,10 @@ from starlette.requests import Request
 from starlette.responses import HTMLResponse, JSONResponse, RedirectResponse, Response, StreamingResponse
 from starlette.routing import Route
 
+from bot.jobs.models import PENDING_STATES, Job, JobState
 from bot.messages import OutgoingText
 from bot.permissions import Permissions
-from bot.store.db import db_lock, transaction
-from bot.web.server import STATIC_DIR, same_origin, sse
-from generation.jobs.models import PENDING_STATES, Job, JobState
+from bot.web.common import STATIC_DIR, same_origin, sse
 
 log = logging.getLogger(__name__)
 
@@ -122,11 +121,8 @@ def cancellable_job_ids(deps: Any, jobs: list[Job]) -> set[int]:
 
 
 def _users(deps: Any) -> list[dict[str, Any]]:
-    db = deps.quota.db
-    with db_lock(db):
-        rows = db.execute("SELECT user_id, group_id, first_seen, last_seen FROM users ORDER BY last_seen DESC").fetchall()
-        names = dict(db.execute(
-            "SELECT user_id, user_name FROM jobs WHERE id IN (SELECT MAX(id) FROM jobs GROUP BY user_id)").fetchall())
+    rows = deps.quota.users()
+    names = deps.queue.latest_user_names()
     playground = {u.id: u.name for u in deps.channel.settings.users}
     admins = Permissions(deps.settings.bot.admins)
     now = deps.clock()
@@ -156,9 +152,7 @@ def _daily(deps: Any) -> list[dict[str, Any]]:
     today = datetime.fromtimestamp(deps.clock(), tz).date()
     days = [today - timedelta(days=i) for i in range(DAYS - 1, -1, -1)]
     start = datetime.combine(days[0], datetime.min.time(), tz).timestamp()
-    db = deps.quota.db
-    with db_lock(db):
-        rows = db.execute("SELECT created_at, state FROM jobs WHERE created_at >= ?", [start]).fetchall()
+    rows = deps.queue.created_since(start)
     table = {d.isoformat(): {"day": d.isoformat(), "ok": 0, "failed": 0, "cancelled": 0, "pending": 0} for d in days}
     group = {"succeeded": "ok", "delivered": "ok", "failed": "failed", "cancelled": "cancelled",
              "queued": "pending", "running": "pending"}
@@ -206,16 +200,14 @@ def dashboard_state(deps: Any) -> dict[str, Any]:
     waiting = [_job_json(j, deps, place=True) for j in snapshot if j.state is JobState.QUEUED]
     for item in (*running, *waiting):
         item["cancellable"] = item["id"] in cancellable
-    db = deps.quota.db
-    with db_lock(db):
-        recent_rows = list(db.query("SELECT * FROM jobs ORDER BY id DESC LIMIT ?", [RECENT]))
+    recent_jobs = deps.queue.recent(RECENT)
     audit = [{"id": a.id, "actor_id": a.actor_id, "action": a.action, "target_id": a.target_id, "detail": a.detail,
               "ts": a.ts} for a in deps.quota.audit_log(30)]
     return {
         "now": deps.clock(), "timezone": deps.settings.quota.timezone,
         "counts": deps.queue.counts(),
         "running": running, "waiting": waiting,
-        "recent": [_job_json(Job.from_row(r), deps) for r in recent_rows],
+        "recent": [_job_json(j, deps) for j in recent_jobs],
         "users": _users(deps), "audit": audit, "worker": _worker(deps), "daily": _daily(deps),
         "quota": {"daily": deps.settings.quota.daily, "costs": deps.settings.quota.costs},
     }
@@ -423,11 +415,7 @@ async def api_cancel(request: Request) -> Response:
     if not job.is_pending or job.cancel_requested:
         return _bad(f"任务 #{job_id} 已经结束或正在停止。", 409)
     reason = str(body.get("reason") or "")[:200]
-    with transaction(deps.queue.db):  # the cancel and its audit row land together
-        done = deps.queue.cancel(job_id)
-        if done is not None:
-            deps.quota.audit(DASHBOARD_ACTOR, "cancel", job.user_id,
-                              {"job_id": job_id, "was": str(job.state), "reason": reason})
+    done = deps.queue.cancel(job_id, actor=DASHBOARD_ACTOR, reason=reason)  # with its audit row
     if done is None:
         return _bad(f"任务 #{job_id} 已经结束或正在停止。", 409)
     if done.state is JobState.CANCELLED:  # was queued: refunded now; the chat hears it from us

@@ -20,7 +20,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import io
-import json
 import logging
 import re
 import time
@@ -28,7 +27,6 @@ from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit
 
 from starlette.applications import Starlette
 from starlette.datastructures import UploadFile
@@ -39,14 +37,15 @@ from starlette.routing import Mount, Route
 from starlette.staticfiles import StaticFiles
 
 from bot.images import ImageRejected, validate_image
+from bot.jobs.models import Job, JobState
 from bot.settings import Settings
 from bot.tasks import cancel_and_wait
 from bot.web.channel import PlaygroundChannel
-from generation.jobs.models import Job, JobState
+from bot.web.common import STATIC_DIR, same_origin, sse
+from bot.web.dashboard import dashboard_routes
 
 log = logging.getLogger(__name__)
 
-STATIC_DIR = Path(__file__).resolve().parent / "static"
 DASHBOARD_TOKEN_ENV = "XIAOAI_DASHBOARD_TOKEN"
 MAX_TEXT_CHARS = 2000
 _UPLOAD_ID = re.compile(r"^img-[0-9a-f]{8}-\d{1,12}$")
@@ -68,28 +67,11 @@ class WebDeps:
     settings: Settings
     channel: PlaygroundChannel
     quota: Any  # bot.store.quota.QuotaBook
-    queue: Any  # generation.jobs.queue.JobQueue
-    executor: Any | None = None  # generation.executors.Executor, when this process runs one
+    queue: Any  # bot.jobs.queue.JobQueue
+    executor: Any | None = None  # bot.executors.Executor, when this process runs one
     clock: Callable[[], float] = time.time
     status_poll_s: float = 0.5  # how often job progress is pushed to open pages
     extra: dict[str, Any] = field(default_factory=dict)
-
-
-def sse(event: str, data: Any, event_id: int | None = None) -> bytes:
-    lines = [f"event: {event}"]
-    if event_id is not None:
-        lines.append(f"id: {event_id}")
-    payload = json.dumps(data, ensure_ascii=False)
-    lines.extend(f"data: {line}" for line in payload.splitlines() or [""])
-    return ("\n".join(lines) + "\n\n").encode("utf-8")
-
-
-def same_origin(request: Request) -> bool:
-    """False when a browser says the request comes from another site (`Origin` not this host)."""
-    origin = request.headers.get("origin")
-    if not origin:
-        return True  # not a browser form/fetch from another page
-    return urlsplit(origin).netloc == request.headers.get("host", "")
 
 
 def error(status: int, message: str, **extra: Any) -> JSONResponse:
@@ -379,7 +361,7 @@ def create_app(deps: WebDeps, *, dashboard_token: str | None, allowed_hosts: lis
     """The ASGI app. `dashboard_token=None` disables the dashboard (every dashboard request is refused).
     `allowed_hosts` (e.g. `LOOPBACK_HOSTS` when bound to loopback) refuses other `Host` headers, so a web
     site cannot reach the playground through DNS rebinding."""
-    from bot.web.dashboard import dashboard_routes
+
 
     watcher = JobWatcher(deps)
 

@@ -10,9 +10,9 @@ from generation.models.dit_config import (
     FluxDiTConfig,
     MMDiTConfig,
     PyramidDiT,
-    build_dit,
     model_name_from_config,
 )
+from generation.models.registry import build_dit
 
 __all__ = [
     "ConfigError",

@@ -1,4 +1,4 @@
-"""Typed configurations of the two Pyramid Flow DiT variants and the `build_dit` factory.
+"""Typed configurations of the two Pyramid Flow DiT variants and the rule that names a config's variant.
 
 A checkpoint's ``config.json`` (a diffusers-style dict) is turned into a frozen dataclass by
 ``from_dict``. Keys that only switch behaviour in the reference (flash attention, gradient
@@ -6,8 +6,8 @@ checkpointing, the temporal-causal switch, ...) are accepted and ignored: this i
 runs the released behaviour (temporal-causal attention, interpolated history positions, temporal RoPE).
 Unknown keys are rejected so that a structurally different checkpoint never loads silently.
 
-This module imports no torch so that reading configs stays cheap; model classes are imported lazily by
-``build_dit``.
+This module imports no torch and no model class, so that reading configs stays cheap and the model
+modules can import their config without a cycle; `generation.models.registry` builds the models.
 """
 
 from __future__ import annotations
@@ -197,34 +197,3 @@ class PyramidDiT(Protocol):
         pooled_projections: torch.Tensor,
         timestep: torch.Tensor,
     ) -> torch.Tensor: ...
-
-
-def build_dit(
-    model_name: str,
-    config: Mapping[str, Any] | FluxDiTConfig | MMDiTConfig,
-    *,
-    attention_backend: AttentionBackend = "prefix",
-) -> PyramidDiT:
-    """Build (randomly initialised) DiT of the named variant; load weights with `load_state_dict`.
-
-    Honours an active ``torch.device("meta")`` context, so full-size shape checks cost no memory.
-    """
-    if model_name == "pyramid_flux":
-        from generation.models.dit_flux import PyramidFluxDiT
-
-        cfg = config if isinstance(config, FluxDiTConfig) else None
-        if cfg is None:
-            if isinstance(config, MMDiTConfig):
-                raise ConfigError("pyramid_flux needs a FluxDiTConfig, got MMDiTConfig")
-            cfg = FluxDiTConfig.from_dict(config)
-        return PyramidFluxDiT(cfg, attention_backend=attention_backend)
-    if model_name == "pyramid_mmdit":
-        from generation.models.dit_mmdit import PyramidMMDiT
-
-        mcfg = config if isinstance(config, MMDiTConfig) else None
-        if mcfg is None:
-            if isinstance(config, FluxDiTConfig):
-                raise ConfigError("pyramid_mmdit needs an MMDiTConfig, got FluxDiTConfig")
-            mcfg = MMDiTConfig.from_dict(config)
-        return PyramidMMDiT(mcfg, attention_backend=attention_backend)
-    raise ConfigError(f"unknown DiT model_name {model_name!r} (expected 'pyramid_flux' or 'pyramid_mmdit')")

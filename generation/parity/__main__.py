@@ -10,11 +10,11 @@ import argparse
 import hashlib
 import importlib
 import json
-import logging
 import sys
 import time
 from pathlib import Path
 
+from generation.logs import setup_logging
 from generation.parity.common import CheckResult, error_result
 
 # (label, module) in dispatch order; each module has detect(sidecar: dict) -> bool and
@@ -86,7 +86,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("-k", dest="only", default=None, help="only sidecars whose file name contains this text")
     ap.add_argument("-v", "--verbose", action="store_true")
     args = ap.parse_args(argv)
-    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING)
+    setup_logging("INFO" if args.verbose else "WARNING")
     import torch
 
     torch.set_num_threads(max(1, min(2, torch.get_num_threads())))

@@ -17,8 +17,8 @@ from typing import Any
 import torch
 from safetensors.torch import load_file
 
-from generation.models.dit_config import build_dit, model_name_from_config
 from generation.models.fusion import fuse_projections, unfuse_projections
+from generation.models.registry import build_dit, model_name_from_config
 from generation.parity.common import CheckResult, compare, error_result
 
 log = logging.getLogger(__name__)

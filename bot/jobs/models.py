@@ -85,6 +85,8 @@ class Job:
     delivery_attempts: int = 0
     next_delivery_at: float | None = None
     delivery_error: str | None = None
+    deferred_at: float | None = None  # parked until the user writes again (the channel allowed no send)
+    send_started_at: float | None = None  # the last video send began here (recorded before sending)
 
     @classmethod
     def from_row(cls, row: dict[str, Any]) -> Job:

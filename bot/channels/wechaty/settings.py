@@ -3,7 +3,7 @@
 The token is a secret and is never part of this model (nor of `config.yaml`): it is read only
 from `WECHATY_PUPPET_SERVICE_TOKEN`. The endpoint comes from `wechaty.endpoint` or, when that is
 empty, from `WECHATY_PUPPET_SERVICE_ENDPOINT`. The generic `TOKEN` / `ENDPOINT` variables that
-python-wechaty would otherwise read are ignored (see `wechaty_compat`).
+python-wechaty would otherwise read are ignored (see `bot.channels.wechaty.compat`).
 """
 
 from __future__ import annotations

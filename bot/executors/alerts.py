@@ -7,8 +7,8 @@ import asyncio
 import logging
 from collections.abc import Awaitable, Callable
 
+from bot.executors.base import Executor
 from bot.tasks import cancel_and_wait
-from generation.executors.base import Executor
 
 log = logging.getLogger(__name__)
 

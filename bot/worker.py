@@ -8,6 +8,10 @@ jobs back to the queue (bounded attempts, else failed + refunded), and restarts 
 Lease: while a job runs, a heartbeat thread renews its lease every `worker.heartbeat_s` (for at most
 `worker.max_job_s`), so a long denoising step never looks like a dead worker, while a SIGKILLed worker
 stops renewing and its job is recovered.
+
+Lifetime (see `bot.procs`): the worker dies with its bot (parent-death signal + a parent watch in the child),
+and the supervisor records it in `<db>.worker.pid`, so a bot that starts after one was SIGKILLed stops a
+worker that outlived it and reclaims its jobs at once: never two workers on one database.
 """
 
 from __future__ import annotations
@@ -23,13 +27,15 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
+from bot import procs
+from bot.jobs.models import Job
+from bot.jobs.queue import JobQueue
+from bot.jobs.settings import QueueSettings, WorkerSettings
 from bot.store.db import open_db
 from bot.store.quota import QuotaBook
 from bot.store.settings import QuotaSettings, StorageSettings
 from generation.api import GenerationCancelled, GenerationRequest, InvalidRequest, Progress, VideoGenerator
-from generation.jobs.models import Job
-from generation.jobs.queue import JobQueue
-from generation.jobs.settings import QueueSettings, WorkerSettings
+from generation.logs import setup_child_logging
 
 log = logging.getLogger(__name__)
 
@@ -183,10 +189,7 @@ class JobRunner:
 
 
 def _configure_child_logging() -> None:
-    root = logging.getLogger()
-    if not root.handlers:
-        logging.basicConfig(level=logging.INFO,
-                            format="%(asctime)s %(levelname)s [worker %(process)d] %(name)s: %(message)s")
+    setup_child_logging(f"worker {os.getpid()}")
 
 
 def run_worker(settings: WorkerConfig, worker_id: str, stop: Any) -> None:
@@ -213,7 +216,11 @@ def run_worker(settings: WorkerConfig, worker_id: str, stop: Any) -> None:
 
 class WorkerSupervisor:
     """Runs `run_worker` in a separate (spawned) process, restarts it with backoff when it dies, and
-    sweeps expired leases every `worker.recover_every_s`."""
+    sweeps expired leases every `worker.recover_every_s`.
+
+    One supervisor thread spawns, watches and ends the child: the child's parent-death signal (Linux) fires
+    when the thread that spawned it ends, so that thread must outlive the child. `start` first stops a worker
+    that a previous bot of the same database left running (`<db>.worker.pid`, see `bot.procs.take_over`)."""
 
     def __init__(self, settings: WorkerConfig, *, worker_id: str = "gpu-worker", clock: Clock = time.time,
                  target: Callable[[Any, str, Any], None] = run_worker) -> None:
@@ -226,9 +233,11 @@ class WorkerSupervisor:
         self._proc: Any = None
         self._child_stop: Any = None
         self._child_id = ""
+        self._started_at = 0.0
         self._stopping = threading.Event()
         self._thread: threading.Thread | None = None
         self._queue: JobQueue | None = None
+        self._pid_file = procs.pid_file_for(settings.storage.db_path)
 
     @property
     def alive(self) -> bool:
@@ -242,26 +251,98 @@ class WorkerSupervisor:
     def child_id(self) -> str:
         return self._child_id
 
+    @property
+    def pid_file(self) -> Path | None:
+        """`<db>.worker.pid`: the worker process of this database (None for an in-memory database)."""
+        return self._pid_file
+
+    @property
+    def queue(self) -> JobQueue | None:
+        """The supervisor's own job book (opened by `start`), for status reads."""
+        return self._queue
+
+    def _open_queue(self) -> JobQueue:
+        """The supervisor's job book (a subclass may wrap it to reclaim more lease owners per process)."""
+        return open_queue(self.settings, self.clock)
+
     def start(self) -> None:
+        """Take over from a stale worker, reclaim expired leases, then spawn the worker (from the supervisor
+        thread; returns once it is spawned)."""
         if self._thread is not None:
             return
-        self._queue = open_queue(self.settings, self.clock)
+        self._queue = self._open_queue()
+        self._take_over_stale_worker()
         recovered = self._queue.recover_expired()
         if recovered:
             log.warning("start-up: recovered %d jobs with expired leases", len(recovered))
-        self._spawn()
-        self._thread = threading.Thread(target=self._monitor, name="worker-supervisor", daemon=True)
+        self._stopping.clear()
+        spawned: list[BaseException | None] = []
+        ready = threading.Event()
+        self._thread = threading.Thread(target=self._run, args=(ready, spawned), name="worker-supervisor",
+                                        daemon=True)
         self._thread.start()
+        ready.wait(60)
+        if spawned and spawned[0] is not None:
+            self._thread.join(5)
+            self._thread = None
+            raise spawned[0]
+
+    def _take_over_stale_worker(self) -> None:
+        """A worker left by a previous bot of this database (SIGKILLed bot, no parent-death signal) is stopped
+        and its running jobs go back to the queue now, not after their lease (`worker.lease_s`) runs out."""
+        assert self._queue is not None
+        if self._pid_file is None:
+            return
+        try:
+            owner = procs.take_over(self._pid_file)
+        except Exception:  # never keep the bot from starting; the lease sweep still recovers the jobs
+            log.exception("could not check for a stale worker (%s)", self._pid_file)
+            return
+        if owner is None:
+            return
+        recovered = self._queue.recover_expired(owner=owner)
+        log.warning("reclaimed %d running job(s) of the previous worker %s", len(recovered), owner,
+                    extra={"worker_id": owner, "job_ids": [j.id for j in recovered]})
+
+    def _run(self, ready: threading.Event, spawned: list[BaseException | None]) -> None:
+        """Supervisor thread main: spawn the worker, watch it, and end it when the supervisor stops."""
+        try:
+            self._spawn()
+        except BaseException as exc:
+            spawned.append(exc)
+            ready.set()
+            return
+        spawned.append(None)
+        ready.set()
+        try:
+            self._monitor()
+        except Exception:  # the child must still be ended by this thread (below)
+            log.exception("worker supervisor failed", extra={"worker_id": self._child_id})
+        finally:
+            self._end_child()
 
     def _spawn(self) -> None:
         self._child_id = f"{self.worker_id}-{os.getpid()}-{self.restarts}-{uuid.uuid4().hex[:6]}"
         self._child_stop = self._ctx.Event()
-        self._proc = self._ctx.Process(target=self.target, args=(self.settings, self._child_id, self._child_stop),
-                                       name=self._child_id, daemon=True)
+        self._proc = self._ctx.Process(
+            target=procs.run_child, args=(self.target, os.getpid(), self.settings, self._child_id, self._child_stop),
+            name=self._child_id, daemon=True)
         self._proc.start()
         self._started_at = time.monotonic()
+        self._record_child()
         log.info("worker process %s started (pid %s)", self._child_id, self._proc.pid,
-                 extra={"worker_id": self._child_id})
+                 extra={"worker_id": self._child_id, "pid": self._proc.pid})
+
+    def _record_child(self) -> None:
+        """Write `<db>.worker.pid` for the child just spawned (what a later bot needs to stop it)."""
+        if self._pid_file is None:
+            return
+        try:
+            procs.write_record(self._pid_file, procs.WorkerRecord.of_process(
+                self._proc.pid, self._child_id, self.settings.storage.db_path))
+        except OSError:
+            log.exception("could not write the worker pid file %s", self._pid_file,
+                          extra={"worker_id": self._child_id})
 
     def _monitor(self) -> None:
         assert self._queue is not None
@@ -291,19 +372,30 @@ class WorkerSupervisor:
                 self.restarts += 1
                 self._spawn()
 
+    def _end_child(self) -> None:
+        """Ask the child to stop (it hands a running job back), kill it after `worker.stop_timeout_s`."""
+        proc = self._proc
+        if proc is None or not proc.is_alive():
+            return
+        self._child_stop.set()
+        proc.join(self.settings.worker.stop_timeout_s)
+        if proc.is_alive():
+            log.warning("worker %s did not stop in time; killing it", self._child_id,
+                        extra={"worker_id": self._child_id})
+            proc.kill()
+            proc.join(5)
+
     def stop(self) -> None:
         self._stopping.set()
-        if self._thread is not None:
-            self._thread.join(10)
+        thread = self._thread
+        if thread is not None:
+            thread.join(self.settings.worker.stop_timeout_s + 15)
             self._thread = None
         proc = self._proc
-        if proc is not None and proc.is_alive():
-            self._child_stop.set()
-            proc.join(self.settings.worker.stop_timeout_s)
-            if proc.is_alive():
-                log.warning("worker %s did not stop in time; killing it", self._child_id)
-                proc.kill()
-                proc.join(5)
+        if proc is not None and proc.is_alive():  # the supervisor thread is stuck: end the child from here
+            self._end_child()
         if self._queue is not None and proc is not None:
             self._queue.recover_expired(owner=self._child_id)  # jobs of a killed worker go back now
+        if self._pid_file is not None and self._child_id and (proc is None or not proc.is_alive()):
+            procs.remove_record(self._pid_file, self._child_id)  # a clean stop leaves nothing behind
         self._proc = None

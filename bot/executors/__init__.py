@@ -5,23 +5,17 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 
-from generation.executors.base import (
-    EXECUTOR_EXTRA,
-    Executor,
-    LocalExecutor,
-    PoolView,
-    pool_notice,
-    user_notice,
-)
-from generation.executors.settings import ActorSpec, ExecutorSettings
-from generation.worker import WorkerConfig
+from bot.executors.base import Executor, PoolView, pool_notice, user_notice
+from bot.executors.local import LocalExecutor
+from bot.executors.settings import ActorSpec, ExecutorSettings
+from bot.worker import WorkerConfig
 
 
 def build_executor(settings: WorkerConfig, *, clock: Callable[[], float] = time.time) -> Executor:
     """The executor named by `settings.executor.kind` (local when the section is absent)."""
     ex = getattr(settings, "executor", None)
     if ex is not None and ex.kind == "ray":
-        from generation.executors.ray_executor import (
+        from bot.executors.ray_executor import (
             RayExecutor,  # imports ray only in the dispatcher process
         )
 
@@ -29,5 +23,5 @@ def build_executor(settings: WorkerConfig, *, clock: Callable[[], float] = time.
     return LocalExecutor(settings, clock=clock)
 
 
-__all__ = ["EXECUTOR_EXTRA", "ActorSpec", "Executor", "ExecutorSettings", "LocalExecutor", "PoolView",
+__all__ = ["ActorSpec", "Executor", "ExecutorSettings", "LocalExecutor", "PoolView",
            "build_executor", "pool_notice", "user_notice"]

@@ -13,13 +13,13 @@ What it does beyond wrapping the client (numbers refer to the pitfalls in
 * Isolation. Each connection gets its own `AsyncIOScheduler` (shut down afterwards), the plugin
   manager is bound to 127.0.0.1 on a free port (#10, #11), wechaty's global contact/room caches are
   cleared on every reconnect (#9), the endpoint is always explicit so the public discovery service is
-  never called (#17), and generic `TOKEN`/`ENDPOINT` variables are ignored (`wechaty_compat`).
+  never called (#17), and generic `TOKEN`/`ENDPOINT` variables are ignored (`compat`).
 * Messages in: converted to `bot.messages.Message`; @-the-bot is detected from the protocol's
   mention ids (or an `@<bot name>` in the text) and stripped; exceptions in our handler are caught
   and logged with ids (#7); images are fetched with our own FileBox reader, through the `Download`
   stream for UUID boxes (#14).
 * Messages out: texts go straight to `MessageSendText` with the mention ids and an `@name` prefix;
-  videos go through `wechat_media` (budget, H.264/yuv420p/faststart, cover) and then inline or via
+  videos go through `media` (budget, H.264/yuv420p/faststart, cover) and then inline or via
   the `Upload` stream (#15), with a file fallback. We never call `say()`, whose follow-up
   `MessagePayload` raises after delivery (#13); a send that failed after the request may have
   reached the puppet raises `DeliveryError(maybe_delivered=True)` and is never retried blindly.
@@ -44,9 +44,10 @@ import grpclib.const
 from grpclib.exceptions import GRPCError, StreamTerminatedError
 
 from bot.channel import DeliveryError, ImageFetchError, MessageHandler
-from bot.channels import grpc_media, wechat_media
-from bot.channels.wechaty_compat import load_wechaty, reset_wechaty_globals
-from bot.channels.wechaty_settings import ENDPOINT_ENV, TOKEN_ENV, PuppetConnection, WechatySettings
+from bot.channels.wechaty import grpc_media
+from bot.channels.wechaty import media as wechat_media
+from bot.channels.wechaty.compat import load_wechaty, reset_wechaty_globals
+from bot.channels.wechaty.settings import ENDPOINT_ENV, TOKEN_ENV, PuppetConnection, WechatySettings
 from bot.messages import ChatKind, ImageRef, Message, OutgoingText, OutgoingVideo
 from bot.tasks import cancel_and_wait
 
@@ -687,50 +688,3 @@ def _bot_class(base: type) -> type:
             await self._channel._handle_message(msg)
 
     return _ChannelBot
-
-
-async def serve_wechat(
-    settings: Any,
-    environ: Mapping[str, str] | None = None,
-    *,
-    stop: asyncio.Event | None = None,
-) -> int:
-    """`xiaoai run`: the whole bot on WeChat until SIGINT/SIGTERM (or `stop` is set).
-
-    Returns 2 with a bilingual how-to on stderr when no endpoint is configured. An unreachable
-    gateway is not fatal: the error is logged, the queue and worker keep running, and the channel
-    keeps reconnecting with backoff; finished videos go out once it is back.
-    """
-    import signal
-    import sys
-
-    try:
-        channel = WechatyChannel.from_settings(settings, environ)
-    except ChannelConfigError as exc:
-        print(str(exc), file=sys.stderr)
-        return 2
-    from bot.app import App, build_pipeline  # the chat-core wiring, imported late (it is heavy)
-
-    app = App(settings, channel, pipeline=build_pipeline(settings))
-    stop = stop or asyncio.Event()
-    loop = asyncio.get_running_loop()
-    handled: list[int] = []
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        with contextlib.suppress(NotImplementedError, RuntimeError, ValueError):
-            loop.add_signal_handler(sig, stop.set)
-            handled.append(sig)
-    await app.start()
-    log.info("xiaoai serving wechat via %s", channel._conn.endpoint)
-    if not await channel.wait_connected(channel._settings.connect_timeout_s):
-        print(
-            f"微信网关暂未连接（{channel._conn.endpoint}），后台将自动重试：{channel.last_error or '等待登录'}\n"
-            f"WeChat gateway not connected yet ({channel._conn.endpoint}); retrying in the background.",
-            file=sys.stderr,
-        )
-    try:
-        await stop.wait()
-    finally:
-        await app.stop()
-        for sig in handled:
-            loop.remove_signal_handler(sig)
-    return 0

@@ -25,6 +25,9 @@ class QueueSettings(BaseModel):
     delivery_max_attempts: int = Field(default=5, ge=1)  # certain send failures before giving up
     delivery_backoff_s: float = Field(default=5.0, ge=0)  # first retry delay, doubled each time
     delivery_backoff_max_s: float = Field(default=300.0, ge=0)
+    # Handled message ids are remembered this long (re-deliveries after a restart come within minutes;
+    # a week is a wide margin) and then pruned, so the table stays bounded.
+    seen_retention_s: float = Field(default=7 * 24 * 3600.0, gt=0)
 
 
 class WorkerSettings(BaseModel):

@@ -22,32 +22,7 @@ from bot.store.db import db_lock, transaction
 ClusterState = Literal["connecting", "ready", "unreachable", "lost", "stopped"]
 ActorState = Literal["starting", "idle", "busy", "dead"]
 
-_SCHEMA = """
-CREATE TABLE IF NOT EXISTS pool_cluster (
-    id INTEGER PRIMARY KEY CHECK (id = 1),
-    kind TEXT NOT NULL,
-    state TEXT NOT NULL,
-    message TEXT NOT NULL DEFAULT '',
-    address TEXT NOT NULL DEFAULT '',
-    since REAL NOT NULL,
-    updated_at REAL NOT NULL
-);
-CREATE TABLE IF NOT EXISTS pool_actors (
-    name TEXT PRIMARY KEY,
-    incarnation INTEGER NOT NULL DEFAULT 0,
-    state TEXT NOT NULL,
-    node TEXT NOT NULL DEFAULT '',
-    gpu TEXT NOT NULL DEFAULT '',
-    model TEXT NOT NULL DEFAULT '',
-    variants TEXT NOT NULL DEFAULT '[]',
-    job_id INTEGER,
-    job_started_at REAL,
-    jobs_done INTEGER NOT NULL DEFAULT 0,
-    busy_s REAL NOT NULL DEFAULT 0,
-    error TEXT NOT NULL DEFAULT '',
-    updated_at REAL NOT NULL
-);
-"""
+
 
 
 @dataclass(frozen=True, slots=True)
@@ -85,10 +60,7 @@ class PoolStore:
     def __init__(self, db: sqlite_utils.Database, clock: Callable[[], float]) -> None:
         self.db = db
         self.clock = clock
-        with transaction(db):
-            for statement in _SCHEMA.split(";"):
-                if statement.strip():
-                    db.execute(statement)
+        # its tables (pool_cluster, pool_actors) are created by bot.store.db.open_db
 
     def set_cluster(self, kind: str, state: ClusterState, message: str = "", address: str = "") -> ClusterStatus:
         """Record the cluster state; `since` only moves when the state changes."""

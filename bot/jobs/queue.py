@@ -4,7 +4,7 @@ Both sides use it: the bot submits / cancels / delivers, the worker process clai
 reports / finishes. Every state change is one `BEGIN IMMEDIATE` transaction guarded by the expected
 current state, so each transition (and its refund) happens exactly once even with several processes.
 
-Fair order: see `generation.jobs.fairness` (two-level round-robin, least recently served group, then
+Fair order: see `bot.jobs.fairness` (two-level round-robin, least recently served group, then
 user, then that user's oldest job).
 
 Position and ETA: `position` is 1 + the number of jobs ahead in `snapshot()` (running jobs first), so 1
@@ -24,11 +24,11 @@ from typing import Any
 
 import sqlite_utils
 
+from bot.jobs.fairness import Pending, fair_order, sched_group
+from bot.jobs.models import Job, JobSpec, JobState, SubmitOutcome
+from bot.jobs.settings import QueueSettings
 from bot.store.db import db_lock, transaction
 from bot.store.quota import QuotaBook
-from generation.jobs.fairness import Pending, fair_order, sched_group
-from generation.jobs.models import Job, JobSpec, JobState, SubmitOutcome
-from generation.jobs.settings import QueueSettings
 
 log = logging.getLogger(__name__)
 
@@ -85,6 +85,44 @@ class JobQueue:
             )
             return cur.rowcount == 1
 
+    # A handled message's record (table seen_messages, one row per message id), written before any
+    # reply goes out so that a message re-delivered after a restart is never answered twice:
+    #   received  the dispatcher took it (written before the handler runs; a crash here re-handles it)
+    #   answered  a reply is being sent (written before the send; a replay is dropped from here on)
+    #   queued / no_quota / too_many_pending / banned   the outcome of /视频 (written by `submit`)
+    REPLAYABLE = ("received",)
+
+    def seen_state(self, message_id: str) -> str | None:
+        """The recorded outcome of a message id, or None when it was never handled."""
+        rows = self._rows("SELECT outcome FROM seen_messages WHERE message_id = ?", [message_id])
+        if rows:
+            return str(rows[0]["outcome"])
+        if self._rows("SELECT 1 FROM jobs WHERE message_id = ?", [message_id]):
+            return "queued"  # made a job before its seen row was pruned
+        return None
+
+    def mark_received(self, message_id: str) -> bool:
+        """Record that the dispatcher took this message; True the first time."""
+        with transaction(self.db):
+            cur = self.db.execute(
+                "INSERT OR IGNORE INTO seen_messages (message_id, job_id, outcome, ts) VALUES (?, NULL, 'received', ?)",
+                [message_id, self.clock()])
+            return cur.rowcount == 1
+
+    def mark_answered(self, message_id: str) -> None:
+        """A reply to this message is about to be sent: from now on a re-delivery of it is dropped."""
+        with transaction(self.db):
+            self.db.execute(
+                "INSERT INTO seen_messages (message_id, job_id, outcome, ts) VALUES (?, NULL, 'answered', ?) "
+                "ON CONFLICT (message_id) DO UPDATE SET outcome = 'answered' WHERE outcome = 'received'",
+                [message_id, self.clock()])
+
+    def prune_seen(self, older_than_s: float) -> int:
+        """Forget handled message ids older than the retention window (jobs keep their own message id)."""
+        with transaction(self.db):
+            cur = self.db.execute("DELETE FROM seen_messages WHERE ts < ?", [self.clock() - older_than_s])
+            return int(cur.rowcount)
+
     def pending_count(self, user_id: str) -> int:
         with db_lock(self.db):
             row = self.db.execute(
@@ -99,11 +137,13 @@ class JobQueue:
         job_id: int | None = None
         with transaction(self.db):
             seen = self.db.execute(
-                "SELECT job_id FROM seen_messages WHERE message_id = ?", [spec.message_id]
+                "SELECT job_id, outcome FROM seen_messages WHERE message_id = ?", [spec.message_id]
             ).fetchone()
-            if seen is not None:
+            made = self.db.execute("SELECT id FROM jobs WHERE message_id = ?", [spec.message_id]).fetchone()
+            if made is not None or (seen is not None and seen[1] not in ("received", "answered")):
+                # `answered` without a job is a /视频 that waited for its image: its submit is still to come
                 status = "duplicate"
-                job_id = seen[0]
+                job_id = made[0] if made is not None else seen[0]
             else:
                 status = self._admit(spec, now)
                 if status == "queued":
@@ -112,7 +152,8 @@ class JobQueue:
                     if balance is None:  # cannot happen: _admit checked the balance in this transaction
                         raise RuntimeError("balance changed inside the submit transaction")
                 self.db.execute(
-                    "INSERT INTO seen_messages (message_id, job_id, outcome, ts) VALUES (?, ?, ?, ?)",
+                    "INSERT INTO seen_messages (message_id, job_id, outcome, ts) VALUES (?, ?, ?, ?) "
+                    "ON CONFLICT (message_id) DO UPDATE SET job_id = excluded.job_id, outcome = excluded.outcome",
                     [spec.message_id, job_id, status, now],
                 )
             balance = self.quota.balance(spec.user_id)
@@ -383,9 +424,10 @@ class JobQueue:
                  extra={"job_id": job.id, "user_id": user_id})
         return self._require(job.id)
 
-    def cancel(self, job_id: int) -> Job | None:
-        """Cancel one pending job by id (admin tools), with the same effects as `cancel_latest`. None when
-        the job does not exist, is already over or is already stopping."""
+    def cancel(self, job_id: int, *, actor: str | None = None, reason: str = "") -> Job | None:
+        """Cancel one pending job by id, with the same effects as `cancel_latest`. None when the job does
+        not exist, is already over or is already stopping. When `actor` is someone other than the job's
+        owner (an admin, the dashboard), the audit row is written in the same transaction."""
         with transaction(self.db):
             rows = list(self.db.query(
                 "SELECT * FROM jobs WHERE id = ? AND state IN ('queued', 'running') AND cancel_requested = 0",
@@ -394,6 +436,11 @@ class JobQueue:
                 return None
             job = Job.from_row(rows[0])
             self._cancel_pending(job)
+            if actor is not None and actor != job.user_id:
+                detail: dict[str, Any] = {"job_id": job.id, "was": str(job.state)}
+                if reason:
+                    detail["reason"] = reason
+                self.quota.audit(actor, "cancel", job.user_id, detail)
         log.info("cancel job=%s user=%s was=%s (by id)", job.id, job.user_id, job.state,
                  extra={"job_id": job.id, "user_id": job.user_id})
         return self._require(job.id)
@@ -420,6 +467,41 @@ class JobQueue:
     def counts(self) -> dict[str, int]:
         return {r["state"]: r["n"] for r in self._rows("SELECT state, COUNT(*) AS n FROM jobs GROUP BY state")}
 
+    # ================================================================ reads for the console and the pool view
+    def recent(self, limit: int) -> list[Job]:
+        """The newest `limit` jobs, newest first."""
+        return [Job.from_row(r) for r in self._rows("SELECT * FROM jobs ORDER BY id DESC LIMIT ?", [limit])]
+
+    def running(self) -> list[Job]:
+        """Running jobs, the longest-running first."""
+        rows = self._rows("SELECT * FROM jobs WHERE state = 'running' ORDER BY started_at, id")
+        return [Job.from_row(r) for r in rows]
+
+    def running_owned_by(self, owner_prefix: str) -> list[tuple[int, str]]:
+        """(job id, lease owner) of running jobs whose lease owner starts with `owner_prefix`."""
+        rows = self._rows(
+            "SELECT id, lease_owner FROM jobs WHERE state = 'running' AND substr(lease_owner, 1, ?) = ?",
+            [len(owner_prefix), owner_prefix])
+        return [(int(r["id"]), str(r["lease_owner"])) for r in rows]
+
+    def finished_since(self, since: float) -> tuple[int, float]:
+        """(count, total generation seconds) of jobs that finished generating since `since`."""
+        rows = self._rows(
+            "SELECT COUNT(*) AS n, COALESCE(SUM(seconds), 0) AS busy FROM jobs WHERE state IN "
+            "('succeeded', 'delivered') AND seconds IS NOT NULL AND finished_at >= ?", [since])
+        return int(rows[0]["n"]), float(rows[0]["busy"])
+
+    def created_since(self, since: float) -> list[tuple[float, str]]:
+        """(created_at, state) of every job created since `since` (the console's daily chart)."""
+        rows = self._rows("SELECT created_at, state FROM jobs WHERE created_at >= ?", [since])
+        return [(float(r["created_at"]), str(r["state"])) for r in rows]
+
+    def latest_user_names(self) -> dict[str, str]:
+        """Each user's name as of their latest job."""
+        rows = self._rows(
+            "SELECT user_id, user_name FROM jobs WHERE id IN (SELECT MAX(id) FROM jobs GROUP BY user_id)")
+        return {str(r["user_id"]): str(r["user_name"]) for r in rows}
+
     # ================================================================ recovery
     def recover_expired(self, now: float | None = None, *, owner: str | None = None) -> list[Job]:
         """Running jobs whose lease ran out (or, with `owner`, every running job of a worker known to be
@@ -439,10 +521,40 @@ class JobQueue:
 
     # ================================================================ delivery bookkeeping
     def undelivered(self) -> list[Job]:
-        """Succeeded but not sent; failed/cancelled but not told. Oldest finish first."""
+        """Succeeded but not sent; failed/cancelled but not told. Oldest finish first. Jobs parked until
+        the user writes again (`defer_delivery`) are left out until `wake_deferred`."""
         rows = self._rows(
-            "SELECT * FROM jobs WHERE state = 'succeeded' OR (state IN ('failed', 'cancelled') AND notified = 0) "
-            "ORDER BY finished_at, id")
+            "SELECT * FROM jobs WHERE (state = 'succeeded' OR (state IN ('failed', 'cancelled') AND notified = 0)) "
+            "AND deferred_at IS NULL ORDER BY finished_at, id")
+        return [Job.from_row(r) for r in rows]
+
+    def mark_send_started(self, job_id: int) -> None:
+        """Record the intent before a video send: after a crash the outcome of that send is unknown, and
+        the delivery loop asks the channel (or tells the user) instead of sending the video again."""
+        with transaction(self.db):
+            self.db.execute("UPDATE jobs SET send_started_at = ? WHERE id = ?", [self.clock(), job_id])
+
+    def defer_delivery(self, job_id: int, reason: str) -> bool:
+        """The channel cannot send to this chat until the user writes again: park the job (not failed,
+        not refunded, no attempt used)."""
+        with transaction(self.db):
+            cur = self.db.execute(
+                "UPDATE jobs SET deferred_at = ?, delivery_error = ? WHERE id = ? AND deferred_at IS NULL "
+                "AND (state = 'succeeded' OR (state IN ('failed', 'cancelled') AND notified = 0))",
+                [self.clock(), reason, job_id])
+            return cur.rowcount == 1
+
+    def wake_deferred(self, chat_id: str) -> int:
+        """The user wrote in `chat_id` again: every parked job of that chat is due now. Returns how many."""
+        with transaction(self.db):
+            cur = self.db.execute(
+                "UPDATE jobs SET deferred_at = NULL, next_delivery_at = NULL WHERE chat_id = ? "
+                "AND deferred_at IS NOT NULL", [chat_id])
+            return int(cur.rowcount)
+
+    def deferred(self) -> list[Job]:
+        """Jobs parked until their user writes again."""
+        rows = self._rows("SELECT * FROM jobs WHERE deferred_at IS NOT NULL ORDER BY finished_at, id")
         return [Job.from_row(r) for r in rows]
 
     def mark_delivered(self, job_id: int) -> bool:

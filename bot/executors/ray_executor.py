@@ -36,16 +36,16 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from bot.store.db import db_lock
-from generation.executors.base import PoolView, pool_notice
-from generation.executors.ray_actor import GenerationActor
-from generation.executors.settings import ActorSpec, ExecutorSettings
-from generation.executors.status import ActorState, ActorStatus, ClusterState, PoolStore
-from generation.jobs.models import Job
-from generation.jobs.queue import JobQueue
-from generation.jobs.settings import WorkerSettings
+from bot.executors.base import PoolView, pool_notice
+from bot.executors.ray_actor import GenerationActor
+from bot.executors.settings import ActorSpec, ExecutorSettings
+from bot.executors.status import ActorState, ActorStatus, ClusterState, PoolStore
+from bot.jobs.models import Job
+from bot.jobs.queue import JobQueue
+from bot.jobs.settings import WorkerSettings
+from bot.worker import CRASH_ERROR, OOM_ERROR, WorkerConfig, WorkerSupervisor, open_queue
+from generation.logs import setup_child_logging
 from generation.settings import GenerationSettings
-from generation.worker import CRASH_ERROR, OOM_ERROR, WorkerConfig, WorkerSupervisor, open_queue
 
 log = logging.getLogger(__name__)
 
@@ -488,9 +488,7 @@ def connect_ray(ex: ExecutorSettings) -> None:
 
 def run_ray_dispatcher(settings: WorkerConfig, worker_id: str, stop: Any) -> None:
     """Process main (spawned and restarted by `WorkerSupervisor`)."""
-    if not logging.getLogger().handlers:
-        logging.basicConfig(level=logging.INFO,
-                            format="%(asctime)s %(levelname)s [ray-dispatcher %(process)d] %(name)s: %(message)s")
+    setup_child_logging(f"ray-dispatcher {os.getpid()}")
     ex: ExecutorSettings = settings.executor  # type: ignore[attr-defined]
     queue = open_queue(settings)
     store = PoolStore(queue.db, time.time)
@@ -561,11 +559,7 @@ class _DispatcherQueue(JobQueue):
             return recovered
         down = self._cluster_down()  # also records a lost cluster for the notice when the driver died with it
         prefix = f"{owner}/"
-        with db_lock(self.db):
-            rows = self.db.execute(
-                "SELECT id, lease_owner FROM jobs WHERE state = 'running' AND substr(lease_owner, 1, ?) = ?",
-                [len(prefix), prefix]).fetchall()
-        for job_id, actor_owner in rows:
+        for job_id, actor_owner in self.running_owned_by(prefix):
             if down:
                 if self.release(int(job_id), str(actor_owner)):
                     log.warning("dispatcher %s died with the cluster: job %s back to the queue (no attempt used)",
@@ -579,16 +573,17 @@ class _DispatcherQueue(JobQueue):
 
 
 class DispatcherSupervisor(WorkerSupervisor):
-    """`WorkerSupervisor` for the Ray dispatcher process (see `_DispatcherQueue`)."""
+    """`WorkerSupervisor` for the Ray dispatcher process (see `_DispatcherQueue`). It inherits the process
+    lifetime: the dispatcher dies with the bot (its actors with it, as Ray ends the actors of a dead driver),
+    and a dispatcher left by a SIGKILLed bot is stopped at start and its actors' jobs reclaimed at once."""
 
     def __init__(self, settings: WorkerConfig, *, cluster_down: Callable[[], bool], **kwargs: Any) -> None:
-        super().__init__(settings, **kwargs)
         self._cluster_down = cluster_down
+        super().__init__(settings, **kwargs)
 
-    def _monitor(self) -> None:
-        assert self._queue is not None
-        self._queue = _DispatcherQueue(self._queue, self._cluster_down)
-        super()._monitor()
+    def _open_queue(self) -> JobQueue:
+        """Wrapped from the start, so the start-up reclaim of a stale dispatcher covers its actors' leases."""
+        return _DispatcherQueue(super()._open_queue(), self._cluster_down)
 
 
 class RayExecutor:

@@ -19,9 +19,10 @@ import time
 from pathlib import Path
 from typing import Any
 
+from bot.executors.settings import ALL_VARIANTS, ActorSpec
+from bot.jobs.settings import WorkerSettings
 from generation.api import GenerationCancelled, GenerationRequest, InvalidRequest, Progress, VideoGenerator
-from generation.executors.settings import ALL_VARIANTS, ActorSpec
-from generation.jobs.settings import WorkerSettings
+from generation.logs import setup_child_logging
 from generation.settings import GenerationSettings
 
 log = logging.getLogger(__name__)
@@ -62,7 +63,7 @@ def model_label(spec: ActorSpec, generator: VideoGenerator, generation: Generati
 class GenerationActor:
     def __init__(self, name: str, spec: ActorSpec | dict[str, Any], worker: WorkerSettings | dict[str, Any],
                  generation: GenerationSettings | dict[str, Any] | None) -> None:
-        logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s [actor %(process)d] %(message)s")
+        setup_child_logging(f"actor {name} {os.getpid()}")
         started = time.monotonic()
         # The settings arrive as plain dicts and are validated here, against this host's code: a field added
         # on one side gets its default instead of breaking the unpickled object.

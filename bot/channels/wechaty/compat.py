@@ -74,15 +74,13 @@ class _Telnet:
         self.close()
 
 
-_TOKEN_RE = re.compile(r"(token|TOKEN)(\[adopted\])?<[^>]*>")
+_TOKEN_MARK = re.compile(r"token(\[adopted\])?<", re.IGNORECASE)
 
 
-def _redact_tokens(record: logging.LogRecord) -> bool:
-    message = record.getMessage()
-    if "token" in message.lower():
-        record.msg = _TOKEN_RE.sub(r"\1\2<***>", message)
-        record.args = None
-    return True
+def _drop_token_lines(record: logging.LogRecord) -> bool:
+    """python-wechaty prints the token inside `token<…>`; redacting up to the first `>` leaks the tail of
+    a token that contains `>`, so such lines are dropped whole (the endpoint is logged by us anyway)."""
+    return not _TOKEN_MARK.search(record.getMessage())
 
 
 def _install_telnetlib_stub() -> None:
@@ -131,7 +129,9 @@ def load_wechaty(cache_dir: Path | str | None = None) -> WechatyModules:
     service_puppet.get_token = lambda: None
     service_puppet.get_endpoint = lambda: None
     # PuppetService logs "there are endpoint<…> and token<…>" at WARNING: keep the token out of logs.
-    logging.getLogger("PuppetService").addFilter(_redact_tokens)
+    logging.getLogger("PuppetService").addFilter(_drop_token_lines)
+    for handler in logging.getLogger("PuppetService").handlers:
+        handler.addFilter(_drop_token_lines)
     # hpack logs every HTTP/2 header at DEBUG, `:authority` (= the token) included.
     logging.getLogger("hpack").setLevel(logging.INFO)
 

@@ -1,0 +1,1 @@
+"""Loopback fake servers of the chat platforms, for the channel adapter tests."""
