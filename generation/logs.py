@@ -209,7 +209,7 @@ def setup_logging(
         os.environ[FORMAT_ENV] = fmt
     # chatty libraries: their DEBUG lines carry request headers (tokens) and add nothing for operators
     for noisy in ("hpack", "httpcore", "httpx", "websockets", "urllib3", "asyncio", "filelock", "PIL"):
-        logging.getLogger(noisy).setLevel(max(numeric, logging.INFO if noisy == "httpx" else logging.WARNING))
+        logging.getLogger(noisy).setLevel(max(numeric, logging.WARNING))
 
 
 def redactor() -> SecretRedactor:
