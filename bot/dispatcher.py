@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 
+from bot.channel import DeliveryError
 from bot.messages import Message
 from bot.plugin import CommandCall, PluginContext, TargetError, parse_target
 from bot.ratelimit import FloodControl, Verdict
@@ -32,6 +33,9 @@ class Dispatcher:
         ids = {"user_id": message.sender_id, "chat_id": message.chat_id, "message_id": message.message_id}
         try:
             await self._handle(message, ids)
+        except DeliveryError as exc:  # the reply could not be sent: an apology would fail the same way
+            log.warning("reply failed user=%s message=%s: %s", message.sender_id, message.message_id, exc,
+                        extra=ids)
         except Exception:
             log.exception(
                 "handler failed user=%s message=%s", message.sender_id, message.message_id, extra=ids

@@ -24,7 +24,7 @@ from collections.abc import Awaitable, Callable, Collection, Iterable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, ClassVar, Literal
 
-from bot.channel import ChannelCapabilities
+from bot.channel import ChannelCapabilities, DeliveryDeferred
 from bot.channels import ids
 from bot.channels.hub import ChannelHub
 from bot.executors.base import Executor
@@ -184,6 +184,13 @@ class PluginContext:
         """Answer in the message's chat; in groups the sender is @-mentioned. The message is recorded as
         answered first, so a re-delivery after a crash mid-send is not answered again."""
         self.queue.mark_answered(message.message_id)
+        try:
+            await self._send_reply(message, text, mention)
+        except DeliveryDeferred as exc:  # the platform takes no send now (ClawBot's reply rules)
+            log.info("reply to message=%s held back by the channel: %s", message.message_id, exc,
+                     extra={"message_id": message.message_id, "chat_id": message.chat_id})
+
+    async def _send_reply(self, message: Message, text: str, mention: bool) -> None:
         mentions = (message.sender_id,) if (mention and message.is_group) else ()
         if mentions:
             text = f"@{message.sender_name} {text}"

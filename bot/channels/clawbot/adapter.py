@@ -361,6 +361,7 @@ class ClawbotChannel:
     async def _handle_batch(self, data: dict[str, Any]) -> None:
         msgs = data.get("msgs") or []
         if isinstance(msgs, list):
+            self._adopt_latest_contexts(msgs)
             for raw in msgs:
                 if not self._running or self._paused:
                     return  # cursor not advanced: the rest comes again
@@ -369,6 +370,19 @@ class ClawbotChannel:
         if isinstance(cursor, str) and cursor and cursor != self._state.cursor:
             self._state.cursor = cursor
             self._state.save_sync()
+
+    def _adopt_latest_contexts(self, msgs: list[Any]) -> None:
+        """Before answering any message of a batch, take each user's newest context token from it: a send
+        needs the latest token, so the ack of a photo followed at once by `/视频` must not use the
+        photo's (by then stale) token."""
+        now = self._clock()
+        for raw in msgs:
+            if not isinstance(raw, dict) or raw.get("message_type") != MSG_TYPE_USER or raw.get("group_id"):
+                continue
+            user, token = str(raw.get("from_user_id") or ""), raw.get("context_token")
+            platform_id = id_text(raw.get("message_id")) or id_text(raw.get("client_id"))
+            if user and isinstance(token, str) and token and platform_id and not self._state.is_seen(platform_id):
+                self._state.set_context(user, token, now, platform_id)
 
     async def _handle_raw(self, raw: Any) -> None:
         if not isinstance(raw, dict) or raw.get("message_type") != MSG_TYPE_USER:
