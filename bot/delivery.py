@@ -7,7 +7,8 @@ The loop polls `JobQueue.undelivered()` every `queue.delivery_poll_s` (and at on
 * Success → one `OutgoingVideo` (MP4 + cover, caption with prompt, seed, time taken and the generator
   label, @-mentioning the requester in groups) → `mark_delivered`.
 * Failed / cancelled → a short Chinese note ("额度已退还") → `mark_notified`.
-* `DeliveryError(maybe_delivered=True)`: the other side may have it; mark it done, log, never resend.
+* `DeliveryError(maybe_delivered=True)`: the other side may have it; never resent blindly. For a video
+  the outcome is settled like a send cut off by a restart (below) once the channel is back.
 * `DeliveryDeferred`: the platform takes no send now (ClawBot's reply rules, QQ's passive window): the
   job is parked (`JobQueue.defer_delivery`: not failed, not refunded, no attempt used) and woken when
   the user writes in that chat again (`App._on_inbound` → `JobQueue.wake_deferred`).
@@ -175,8 +176,14 @@ class DeliveryLoop:
             return
         except DeliveryError as exc:
             if exc.maybe_delivered:
-                log.warning("job %s: send may have reached the chat (%s); not retrying", job.id, exc, extra=ids)
-                self._done(job)
+                if is_video:  # no blind resend; once the channel is back the user hears how to get it
+                    log.warning("job %s: send may have reached the chat (%s); not resending", job.id, exc,
+                                extra=ids)
+                    self.queue.mark_send_unknown(job.id)
+                else:
+                    log.warning("job %s: note may have reached the chat (%s); not resending", job.id, exc,
+                                extra=ids)
+                    self._done(job)
                 return
             self._retry_or_give_up(job, str(exc), ids)
             return

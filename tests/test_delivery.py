@@ -143,7 +143,42 @@ def test_maybe_delivered_is_never_resent(tmp_path: Path) -> None:
     loop = DeliveryLoop(store.queue, channel, QueueSettings())
     run(loop.deliver_pending())
     run(loop.deliver_pending())
-    assert channel.calls == 1 and channel.videos == []
+    run(loop.deliver_pending())
+    # the video is never sent again; the user gets one note saying how to get it if it did not arrive
+    assert channel.videos == [] and channel.calls == 2
+    assert len(channel.texts) == 1 and f"/发送 #{job.id}" in channel.texts[0].text
+    assert store.queue.get(job.id).state is JobState.DELIVERED
+
+
+def test_a_send_cut_off_by_a_restart_is_not_repeated(tmp_path: Path) -> None:
+    """The bot was killed between "sent" and "recorded": the next run does not send the same video again."""
+    store = make_store(tmp_path / "d.db")
+    job = store.queue.submit(spec("a")).job
+    worker(store, tmp_path).run_once()
+    store.queue.mark_send_started(job.id)  # the intent of the earlier run; it never recorded the outcome
+    store.clock.tick(1)
+    channel = RecordingChannel()
+    loop = DeliveryLoop(store.queue, channel, QueueSettings(), store.clock)
+    run(loop.deliver_pending())
+    run(loop.deliver_pending())
+    assert channel.videos == [] and len(channel.texts) == 1 and "可能已经发出" in channel.texts[0].text
+    assert store.queue.get(job.id).state is JobState.DELIVERED
+
+
+def test_a_channel_that_keeps_records_is_asked_instead(tmp_path: Path) -> None:
+    store = make_store(tmp_path / "d.db")
+    job = store.queue.submit(spec("a")).job
+    worker(store, tmp_path).run_once()
+    store.queue.mark_send_started(job.id)
+    store.clock.tick(1)
+
+    class Remembers(RecordingChannel):
+        async def was_sent(self, job_id: str) -> bool | None:
+            return False  # it never went out: send it now
+
+    channel = Remembers()
+    run(DeliveryLoop(store.queue, channel, QueueSettings(), store.clock).deliver_pending())
+    assert len(channel.videos) == 1 and channel.texts == []
     assert store.queue.get(job.id).state is JobState.DELIVERED
 
 

@@ -53,6 +53,8 @@ class JobQueue:
             return list(self.db.query(sql, list(params)))
 
     def get(self, job_id: int) -> Job | None:
+        if not 0 < job_id < 2**63:  # SQLite integers are 64-bit: a larger id (from a URL) names no job
+            return None
         rows = self._rows("SELECT * FROM jobs WHERE id = ?", [job_id])
         return Job.from_row(rows[0]) if rows else None
 
@@ -527,6 +529,12 @@ class JobQueue:
             "SELECT * FROM jobs WHERE (state = 'succeeded' OR (state IN ('failed', 'cancelled') AND notified = 0)) "
             "AND deferred_at IS NULL ORDER BY finished_at, id")
         return [Job.from_row(r) for r in rows]
+
+    def mark_send_unknown(self, job_id: int) -> None:
+        """The last send may or may not have arrived (the connection died mid-send): the next delivery
+        round asks the channel or tells the user how to get the video, instead of resending blindly."""
+        with transaction(self.db):
+            self.db.execute("UPDATE jobs SET send_started_at = 0 WHERE id = ?", [job_id])
 
     def mark_send_started(self, job_id: int) -> None:
         """Record the intent before a video send: after a crash the outcome of that send is unknown, and

@@ -9,6 +9,8 @@ Durations are seconds as floats so tests can shrink them.
 
 from __future__ import annotations
 
+from pathlib import Path
+
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 SECRET_ENV = "XIAOAI_QQ_SECRET"
@@ -56,6 +58,9 @@ class QQSettings(BaseModel):
     # Inbound de-duplication of event / message ids (protocol-level replays).
     dedup_max_ids: int = Field(default=5000, ge=10)
     dedup_ttl_s: float = Field(default=4 * 3600.0, gt=0)
+    # Where the per-job "video sent" records live (`sent-<app_id>.json`), so a restart neither resends a
+    # video nor loses track of one; None keeps them in memory only.
+    state_dir: Path | None = Path("var/qq")
     # Gateway intents; GROUP_AND_C2C_EVENT (1<<25) carries group @-messages and private messages.
     intents: int = Field(default=GROUP_AND_C2C_EVENT, ge=1)
 
