@@ -9,6 +9,7 @@ apology; it never propagates into the channel's receive loop.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 
 from bot.channel import DeliveryError
@@ -16,6 +17,7 @@ from bot.messages import Message
 from bot.plugin import CommandCall, PluginContext, TargetError, parse_target
 from bot.ratelimit import FloodControl, Verdict
 from bot.router import HINT_TEXT, RouteKind, Router
+from bot.textsafe import clean, clean_name
 
 log = logging.getLogger(__name__)
 
@@ -30,6 +32,8 @@ class Dispatcher:
         self._flood = flood
 
     async def handle(self, message: Message) -> None:
+        # names and prompts are repeated in replies: no control or bidi-override characters from here on
+        message = dataclasses.replace(message, text=clean(message.text), sender_name=clean_name(message.sender_name))
         ids = {"user_id": message.sender_id, "chat_id": message.chat_id, "message_id": message.message_id}
         try:
             await self._handle(message, ids)

@@ -8,12 +8,15 @@ Supervision: a channel that cannot start (`ChannelStartError`, or any error) is 
 down while the others run; `start` fails only when no channel could start. Each adapter reconnects on
 its own, so one channel's outage never stops another or the queue.
 
-The hub is itself a `Channel`, so the dispatcher, plugins and delivery loop talk to one object.
+The hub is itself a `Channel`, so the dispatcher, plugins and delivery loop talk to one object. It is
+also where control and bidi-override characters are removed from every outgoing text and caption
+(`bot.textsafe`; incoming text and names are cleaned by the dispatcher).
 """
 
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 from collections.abc import Awaitable, Callable, Iterable
 
@@ -28,6 +31,7 @@ from bot.channel import (
 )
 from bot.channels import ids
 from bot.messages import Message, OutgoingText, OutgoingVideo
+from bot.textsafe import clean
 
 log = logging.getLogger(__name__)
 
@@ -151,10 +155,10 @@ class ChannelHub:
         return channel
 
     async def send_text(self, out: OutgoingText) -> None:
-        await self._route(out.chat_id).send_text(out)
+        await self._route(out.chat_id).send_text(dataclasses.replace(out, text=clean(out.text)))
 
     async def send_video(self, out: OutgoingVideo) -> None:
-        await self._route(out.chat_id).send_video(out)
+        await self._route(out.chat_id).send_video(dataclasses.replace(out, caption=clean(out.caption)))
 
     async def was_sent(self, chat_id: str, job_id: str) -> bool | None:
         """Did the channel of `chat_id` send this job's video? None when it keeps no record (ask nobody
