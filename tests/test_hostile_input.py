@@ -73,7 +73,7 @@ def test_escape_covers_bidi_and_controls() -> None:
 async def test_control_characters_are_not_echoed_into_the_chat(tmp_path: Path) -> None:
     h = await make_harness(make_settings(tmp_path))
     await h.channel.say(f"/视频 a cat {FORGED}", sender_id="wxid_evil", sender_name=FORGED, chat_id=ROOM)
-    await h.channel.say("/帮助", sender_id="wxid_evil", sender_name=f"Bob\u202e\x07", chat_id=ROOM)
+    await h.channel.say("/帮助", sender_id="wxid_evil", sender_name="Bob\u202e\x07", chat_id=ROOM)
     sent = [s.text.text for s in h.channel.sent if s.text]
     assert sent, "the bot answered"
     joined = "\n".join(sent)
