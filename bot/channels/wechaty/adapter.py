@@ -113,7 +113,7 @@ def no_endpoint_message() -> str:
         f"令牌放在 {TOKEN_ENV}。\n"
         "No WeChat puppet endpoint configured: set "
         f"{ENDPOINT_ENV}=host:port (or wechaty.endpoint in config.yaml) and the token in {TOKEN_ENV}. "
-        "See README, section 接入真实微信账号."
+        "See README, section 接入聊天平台 (wechaty)."
     )
 
 
