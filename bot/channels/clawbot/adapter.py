@@ -639,7 +639,16 @@ class ClawbotChannel:
     def _video_plan(self, job_id: str, captions: list[str]) -> tuple[bool, int]:
         """(video still to send, index of the first caption chunk still to send) from the sent record."""
         record = self._state.sent_record(job_id) if job_id else {}
-        return not record.get("video"), min(int(record.get("caption_chunks") or 0), len(captions))
+        pending = record.get("video") not in ("sent", "maybe")
+        return pending, min(int(record.get("caption_chunks") or 0), len(captions))
+
+    async def was_sent(self, job_id: str) -> bool | None:
+        """Did this job's video go out? True when the server accepted it, False when its send never
+        began, None when a send began but its outcome was never recorded (a crash, a lost answer)."""
+        video = self._state.sent_record(job_id).get("video")
+        if video == "sent":
+            return True
+        return None if video in ("sending", "maybe") else False
 
     async def send_video(self, out: OutgoingVideo) -> None:
         """Video item first, then the caption as text; per `job_id` only what has not gone out yet.
@@ -665,11 +674,17 @@ class ClawbotChannel:
             self._check_budget(user, need)
             if video_pending:
                 assert item is not None
+                if job_id:  # intent first: a crash from here on leaves "sending" (outcome unknown)
+                    self._state.update_sent(job_id, self._clock(), video="sending")
                 try:
                     await self._send_item(user, item, extra)
                 except DeliveryError as exc:
-                    if exc.maybe_delivered and job_id:
-                        self._state.update_sent(job_id, self._clock(), video="maybe")
+                    if job_id:
+                        self._state.update_sent(job_id, self._clock(), video="maybe" if exc.maybe_delivered else None)
+                    raise
+                except DeliveryDeferred:
+                    if job_id:  # refused before delivery: nothing went out
+                        self._state.update_sent(job_id, self._clock(), video=None)
                     raise
                 if job_id:
                     self._state.update_sent(job_id, self._clock(), video="sent")
