@@ -7,6 +7,10 @@
   xiaoai generate   one video from the command line (generation.cli)
   xiaoai login      log a channel in (`xiaoai login clawbot`: scan the QR code with WeChat)
   xiaoai config     validate the configuration and print it (secrets are never printed)
+  xiaoai models fetch  download the checkpoint and the translator into their configured folders
+  xiaoai backup     a consistent copy of the database while the bot runs (`bot.store.backup`)
+  xiaoai restore    put a backup in place of the database (refused while a bot uses it)
+  xiaoai doctor     check everything a deployment needs, one ✅/⚠️/❌ line each (bot/doctor.py)
 """
 
 from __future__ import annotations
@@ -15,12 +19,13 @@ import argparse
 import asyncio
 import io
 import logging
+import sqlite3
 import sys
 import time
 from collections.abc import Sequence
 from pathlib import Path
 
-from bot.settings import Settings, SettingsError, load_settings
+from bot.settings import Settings, SettingsError, config_source, load_settings
 from generation.logs import setup_logging
 
 log = logging.getLogger("xiaoai")
@@ -33,13 +38,50 @@ DEMO_I2V_PROMPT = "the waves roll gently towards the beach"
 _INFO_COMMANDS = frozenset({"run", "demo", "playground"})
 
 
+_LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
+
+
+class CliError(Exception):
+    """A problem the user can fix: printed as one line (no traceback), exit code 2."""
+
+
+def _log_level(text: str) -> str:
+    level = text.strip().upper()
+    if level not in _LOG_LEVELS:
+        raise argparse.ArgumentTypeError(f"日志级别只能是 / must be one of {', '.join(_LOG_LEVELS)}, got {text!r}")
+    return level
+
+
+def _port(text: str) -> int:
+    try:
+        port = int(text)
+    except ValueError:
+        port = -1
+    if not 0 <= port <= 65535:
+        raise argparse.ArgumentTypeError(f"端口要在 0-65535 之间 / must be 0-65535, got {text!r}")
+    return port
+
+
+def _make_dir(path: Path) -> Path:
+    """The run's data folder `path` created (with its parents), or a `CliError` saying why not."""
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise CliError(f"无法创建数据目录 / cannot create the data folder {path}: {exc.strerror or exc}") from None
+    return path
+
+
 def _setup_logging(args: argparse.Namespace) -> None:
     level = args.log_level or ("INFO" if args.command in _INFO_COMMANDS else "WARNING")
-    setup_logging(level, args.log_format)
+    setup_logging(level, args.log_format, file=args.log_file, max_bytes=args.log_max_bytes,
+                  backups=args.log_backups)
 
 
 def _load(args: argparse.Namespace) -> Settings:
-    return load_settings(Path(args.config) if args.config else None)
+    path = Path(args.config) if args.config else None
+    if args.command in _INFO_COMMANDS:  # which file the bot runs with (or that none was found), first
+        print(config_source(path), file=sys.stderr, flush=True)
+    return load_settings(path)
 
 
 # ---------------------------------------------------------------------------------------- demo
@@ -115,7 +157,10 @@ async def run_demo(
     app = App(settings, channel, pipeline=pipeline)
     show = _Transcript(channel, out)
     print(f"小爱视频 demo — 数据目录 / run dir: {run_dir}", file=out)
-    print(f"生成器 / generator: {settings.worker.generator}", file=out, flush=True)
+    print(f"生成器 / generator: {settings.worker.generator}", file=out)
+    from bot.prompts.status import translator_status
+
+    print(translator_status(settings.prompts), file=out, flush=True)
     await app.start()
     try:
         user = {"sender_id": "wxid_demo_user", "sender_name": "小明", "chat_id": "demo-room@chatroom"}
@@ -164,8 +209,7 @@ async def run_demo(
 def cmd_demo(args: argparse.Namespace) -> int:
     settings = _load(args)
     run_dir = Path(args.dir) if args.dir else Path("var/demo") / time.strftime("%Y%m%d-%H%M%S")
-    run_dir = run_dir.resolve()
-    run_dir.mkdir(parents=True, exist_ok=True)
+    run_dir = _make_dir(run_dir.resolve())
     return asyncio.run(
         run_demo(settings, run_dir=run_dir, timeout_s=args.timeout, synthetic=args.synthetic, out=sys.stdout)
     )
@@ -188,7 +232,7 @@ def cmd_playground(args: argparse.Namespace) -> int:
     from bot.web.runner import PlaygroundError, playground_settings, run_playground
 
     run_dir = Path(args.dir).resolve() if args.dir else Path("var/playground").resolve()
-    run_dir.mkdir(parents=True, exist_ok=True)
+    _make_dir(run_dir)
     settings = playground_settings(_load(args), run_dir, synthetic=args.synthetic, host=args.host, port=args.port)
     try:
         return asyncio.run(run_playground(settings, pipeline=build_pipeline(settings)))
@@ -223,19 +267,67 @@ def cmd_login(args: argparse.Namespace) -> int:
 def cmd_config(args: argparse.Namespace) -> int:
     import yaml
 
+    from bot.app import checkpoint_problem
+
     settings = _load(args)
+    print(f"# {config_source(Path(args.config) if args.config else None)}")
     print(yaml.safe_dump(settings.model_dump(mode="json"), allow_unicode=True, sort_keys=False))
+    if problem := checkpoint_problem(settings):
+        print(problem, file=sys.stderr)
+        return 2
+    return 0
+
+
+# ------------------------------------------------------------------------------------ backup / restore
+def cmd_backup(args: argparse.Namespace) -> int:
+    from bot.store.backup import BackupError, backup
+
+    storage = _load(args).storage
+    try:
+        info = backup(storage.db_path, Path(args.path), overwrite=args.force,
+                      busy_timeout_ms=storage.busy_timeout_ms)
+    except BackupError as err:
+        print(f"备份失败 / backup failed: {err}", file=sys.stderr)
+        return 1
+    rows = ", ".join(f"{k} {v}" for k, v in info.rows.items())
+    print(f"备份完成 / backup written: {info.path} ({info.bytes} bytes, schema {info.schema_version}, {rows}; "
+          f"integrity_check ok, {info.seconds:.2f} s)")
+    return 0
+
+
+def cmd_restore(args: argparse.Namespace) -> int:
+    from bot.store.backup import BackupError, DatabaseInUse, restore
+
+    storage = _load(args).storage
+    try:
+        info, kept = restore(Path(args.path), storage.db_path)
+    except DatabaseInUse as err:
+        print(f"未恢复 / not restored: {err}", file=sys.stderr)
+        return 2
+    except (BackupError, OSError, sqlite3.DatabaseError) as err:
+        print(f"恢复失败 / restore failed: {err}", file=sys.stderr)
+        return 1
+    rows = ", ".join(f"{k} {v}" for k, v in info.rows.items())
+    print(f"已恢复 / restored: {storage.db_path} from {args.path} (schema {info.schema_version}, {rows})")
+    if kept is not None:
+        print(f"原数据库保留为 / the replaced database is kept as: {kept}")
     return 0
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="xiaoai", description="小爱视频 — WeChat /video bot")
     parser.add_argument("--config", help="config file (default: $XIAOAI_CONFIG or ./config.yaml)")
-    parser.add_argument("--log-level", default=None,
+    parser.add_argument("--log-level", default=None, type=_log_level,
                         help="DEBUG, INFO, WARNING, ERROR (default: INFO for run/demo/playground, else WARNING); "
                              "the worker process follows it")
     parser.add_argument("--log-format", choices=["text", "json"], default="text",
                         help="text (default; ids as job=… user=… chat=…) or json (one object per line)")
+    parser.add_argument("--log-file", default=None, metavar="PATH",
+                        help="also write the log to PATH (same format), rotated; the worker process appends to it")
+    parser.add_argument("--log-max-bytes", type=int, default=20 * 1024 * 1024, metavar="N",
+                        help="rotate the log file at N bytes (default 20 MiB; 0 = never)")
+    parser.add_argument("--log-backups", type=int, default=5, metavar="N",
+                        help="rotated log files kept: PATH.1 … PATH.N (default 5)")
     sub = parser.add_subparsers(dest="command", required=True)
 
     demo = sub.add_parser("demo", help="run the scripted local demo (no WeChat, no GPU, no weights)")
@@ -253,7 +345,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     play = sub.add_parser("playground", help="the bot in a local web page (simulated group chat) + admin dashboard")
     play.add_argument("--host", help="address to listen on (default: playground.host, 127.0.0.1)")
-    play.add_argument("--port", type=int, help="port (default: playground.port, 8765; 0 = any free port)")
+    play.add_argument("--port", type=_port, help="port (default: playground.port, 8765; 0 = any free port)")
     play.add_argument("--dir", help="data directory: SQLite file, videos, images (default: var/playground)")
     play.add_argument(
         "--synthetic",
@@ -266,13 +358,33 @@ def build_parser() -> argparse.ArgumentParser:
     login.add_argument("channel", choices=["clawbot"], help="which channel")
     login.set_defaults(func=cmd_login)
 
+    bak = sub.add_parser("backup", help="copy the database to PATH while the bot runs (checked, consistent)")
+    bak.add_argument("path", help="file to write, or an existing folder (xiaoai-<date>-<time>.db in it)")
+    bak.add_argument("--force", action="store_true", help="replace PATH if it exists")
+    bak.set_defaults(func=cmd_backup)
+
+    res = sub.add_parser("restore", help="replace the database with the backup PATH (the bot must be stopped)")
+    res.add_argument("path", help="a file written by `xiaoai backup`")
+    res.set_defaults(func=cmd_restore)
+
     cfg = sub.add_parser("config", help="validate and print the configuration")
     cfg.set_defaults(func=cmd_config)
+
+    from bot.models_fetch import add_models_parser  # `xiaoai models fetch [--checkpoint] [--translator]`
+
+    add_models_parser(sub)
+
+    doc = sub.add_parser("doctor", help="check everything a deployment needs (GPU, model, channels, disk, database)")
+    doc.add_argument("--offline", action="store_true", help="skip the TCP reachability checks of the endpoints")
+    doc.add_argument("--timeout", type=float, default=3.0, help="seconds per reachability check (default 3)")
+    doc.set_defaults(func=lambda args: __import__("bot.doctor", fromlist=["main"]).main(
+        Path(args.config) if args.config else None, network=not args.offline, timeout_s=args.timeout))
 
     from generation.cli import add_generate_parser, run_generate
 
     gen = add_generate_parser(sub)
-    gen.set_defaults(func=lambda args: run_generate(args, base=_load(args).generation))
+    gen.set_defaults(func=lambda args: (lambda s: run_generate(args, base=s.generation, labels=s.labels,
+                                                                content_check=s.content_check))(_load(args)))
     return parser
 
 
@@ -282,7 +394,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     _setup_logging(args)
     try:
         return int(args.func(args) or 0)
-    except SettingsError as err:
+    except (SettingsError, CliError) as err:
+        print(str(err), file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:  # Ctrl-C before a command installed its own handling: no traceback
+        print("\n已停止 / stopped", file=sys.stderr)
+        return 130
+    except Exception as err:  # the app refused to start (bot.app.StartupError): one line, exit code 2
+        from bot.app import StartupError
+
+        if not isinstance(err, StartupError):
+            raise
         print(str(err), file=sys.stderr)
         return 2
 

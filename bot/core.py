@@ -20,6 +20,7 @@ from bot.store.quota import QuotaBook
 
 if TYPE_CHECKING:
     from bot.prompts import PromptPipeline
+    from generation.content_check import ContentChecker
 
 
 def build_dispatcher(
@@ -32,6 +33,7 @@ def build_dispatcher(
     plugins: Sequence[type[Plugin]],
     pipeline: PromptPipeline | None = None,
     executor: Executor | None = None,
+    image_check: ContentChecker | None = None,
 ) -> Dispatcher:
     hub = as_hub(channel)
     registry = PluginRegistry(plugins)
@@ -47,6 +49,7 @@ def build_dispatcher(
         registry=registry,
         pipeline=pipeline,
         executor=executor,
+        image_check=image_check,
     )
     router = Router(
         registry=registry,

@@ -27,7 +27,8 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import Callable
+from collections import Counter
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
@@ -48,11 +49,15 @@ def _short(text: str, limit: int = 60) -> str:
     return text if len(text) <= limit else text[: limit - 1] + "…"
 
 
+AI_CAPTION_MARK = "【AI生成】"  # the explicit label in the text sent with every video (Art. 4, GB 45438)
+
+
 def success_caption(job: Job) -> str:
+    """The text sent with a finished video; it starts with `AI_CAPTION_MARK`."""
     seconds = job.seconds
     if seconds is None and job.started_at is not None and job.finished_at is not None:
         seconds = job.finished_at - job.started_at
-    lines = ["你的视频生成好了 🎬", f"提示词：{_short(job.prompt, 200)}"]
+    lines = [f"{AI_CAPTION_MARK}你的视频生成好了 🎬", f"提示词：{_short(job.prompt, 200)}"]
     if job.final_prompt and job.final_prompt.strip() != job.prompt.strip():
         lines.append(f"模型提示词：{_short(job.final_prompt, 200)}")
     detail = f"种子：{job.seed}｜{job.resolution} {job.duration_s}秒"
@@ -64,18 +69,24 @@ def success_caption(job: Job) -> str:
     return "\n".join(lines)
 
 
+def _at(job: Job) -> str:
+    """`@名字 ` in front of a note to a group, as every chat reply has (`PluginContext.reply`)."""
+    return f"@{job.user_name or job.user_id} " if job.chat_kind == "group" else ""
+
+
 def failure_text(job: Job) -> str:
-    reason = job.error or "生成失败"
-    return f"抱歉，你的视频没有生成成功：{reason}。\n提示词：{_short(job.prompt)}\n额度已退还（{job.cost} 点）。"
+    reason = (job.error or "生成失败").rstrip("。．.！!；;，, ")  # the reason's own full stop is not doubled
+    return (f"{_at(job)}抱歉，你的视频 #{job.id} 没有生成成功：{reason}。\n提示词：{_short(job.prompt)}\n"
+            f"额度已退还（{job.cost} 点），可以换个说法或规格再发 /视频 试试。")
 
 
 def uncertain_text(job: Job) -> str:
-    return (f"你的视频 #{job.id} 可能已经发出（发送时机器人重启了）。如果没有收到，"
+    return (f"{_at(job)}你的视频 #{job.id} 可能已经发出（发送时机器人重启了）。如果没有收到，"
             f"发送 /发送 #{job.id} 再发一次。")
 
 
 def cancelled_text(job: Job) -> str:
-    return f"已停止你的视频任务（{_short(job.prompt, 30)}），额度已退还（{job.cost} 点）。"
+    return f"{_at(job)}已停止你的视频任务（{_short(job.prompt, 30)}），额度已退还（{job.cost} 点）。"
 
 
 class DeliveryLoop:
@@ -90,6 +101,10 @@ class DeliveryLoop:
         self._loop: asyncio.AbstractEventLoop | None = None
         self._task: asyncio.Task[None] | None = None
         self._born = clock()  # sends recorded before this are from an earlier run of the bot
+        # called once the user was told a job failed (the app alerts admins of a blocked video)
+        self.on_failed: Callable[[Job], Awaitable[None]] | None = None
+        # (channel name, outcome: ok | failed | uncertain | deferred) -> sends this run; read by /metrics
+        self.stats: Counter[tuple[str, str]] = Counter()
 
     # ------------------------------------------------------------ lifecycle
     async def start(self) -> None:
@@ -170,11 +185,13 @@ class DeliveryLoop:
                 await self.channel.send_text(OutgoingText(chat_id=job.chat_id, text=text, mention_ids=mentions,
                                                           reply_to=job.message_id))
         except DeliveryDeferred as exc:
+            self._count(job, "deferred")
             if self.queue.defer_delivery(job.id, f"deferred: {exc}"):
                 log.info("job %s: the channel takes no send now (%s); kept until the user writes again",
                          job.id, exc, extra=ids)
             return
         except DeliveryError as exc:
+            self._count(job, "uncertain" if exc.maybe_delivered else "failed")
             if exc.maybe_delivered:
                 if is_video:  # no blind resend; once the channel is back the user hears how to get it
                     log.warning("job %s: send may have reached the chat (%s); not resending", job.id, exc,
@@ -184,16 +201,33 @@ class DeliveryLoop:
                     log.warning("job %s: note may have reached the chat (%s); not resending", job.id, exc,
                                 extra=ids)
                     self._done(job)
+                    await self._failed_hook(job)
                 return
             self._retry_or_give_up(job, str(exc), ids)
             return
         except Exception as exc:
+            self._count(job, "failed")
             log.exception("job %s: send failed", job.id, extra=ids)
             self._retry_or_give_up(job, f"{type(exc).__name__}: {exc}", ids)
             return
+        self._count(job, "ok")
         self._done(job)
         log.info("job %s %s to %s", job.id, "delivered" if is_video else f"{job.state} note sent", job.chat_id,
                  extra=ids)
+        if not is_video:
+            await self._failed_hook(job)
+
+    def _count(self, job: Job, outcome: str) -> None:
+        target = self.channel.channel_for(job.chat_id)
+        self.stats[(target.name if target is not None else "?", outcome)] += 1
+
+    async def _failed_hook(self, job: Job) -> None:
+        if self.on_failed is None or job.state is not JobState.FAILED:
+            return
+        try:
+            await self.on_failed(job)
+        except Exception:  # an alert must never stop deliveries
+            log.exception("job %s: failure hook failed", job.id, extra={"job_id": job.id})
 
     async def _settle_unknown_send(self, job: Job, mentions: tuple[str, ...], ids: dict[str, Any]) -> bool:
         """A send of this video began before a restart. True when settled here (the channel says it was

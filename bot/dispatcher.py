@@ -16,7 +16,7 @@ from bot.channel import DeliveryError
 from bot.messages import Message
 from bot.plugin import CommandCall, PluginContext, TargetError, parse_target
 from bot.ratelimit import FloodControl, Verdict
-from bot.router import HINT_TEXT, RouteKind, Router
+from bot.router import RouteKind, Router, hint_text
 from bot.textsafe import clean, clean_name
 
 log = logging.getLogger(__name__)
@@ -84,7 +84,8 @@ class Dispatcher:
         if verdict is Verdict.DROP:
             return
         if route.kind is RouteKind.HINT:
-            await self._ctx.reply(message, HINT_TEXT)
+            is_admin = self._ctx.permissions.message_from_admin(message)
+            await self._ctx.reply(message, hint_text(route, self._ctx.registry, is_admin))
             return
         assert route.plugin is not None and route.spec is not None
         spec = route.spec

@@ -8,12 +8,19 @@ an RGB PNG so the generator gets one simple, well-formed file.
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import io
+import logging
 import warnings
 from pathlib import Path
+from typing import Any
 
 from PIL import Image, UnidentifiedImageError
+
+from generation.content_check import INPUT_REFUSED_TEXT, ContentChecker
+
+log = logging.getLogger(__name__)
 
 ACCEPTED_FORMATS = frozenset({"JPEG", "PNG", "WEBP", "GIF", "BMP", "MPO"})
 
@@ -47,6 +54,24 @@ def validate_image(data: bytes, *, max_bytes: int, max_pixels: int) -> Image.Ima
         raise ImageRejected("图片分辨率太高，请缩小后再发送。") from None
     except (UnidentifiedImageError, OSError, ValueError, SyntaxError, EOFError):
         raise ImageRejected("这不是一张能打开的图片，请重新发送。") from None
+
+
+IMAGE_CHECK_DOWN_TEXT = "图片安全检查暂时不可用，请稍后再试。本次不扣额度。"
+
+
+async def check_image_content(checker: ContentChecker, img: Image.Image, *, ids: dict[str, Any]) -> None:
+    """The NSFW check of an input image, before anything is queued or charged: `ImageRejected` with a neutral
+    message when it scores ≥ `content_check.input_threshold` (or, failing closed, when the check cannot run)."""
+    try:
+        verdict = await asyncio.to_thread(checker.check_image, img)
+    except Exception:
+        log.exception("input image check failed; refusing the image", extra=ids)
+        raise ImageRejected(IMAGE_CHECK_DOWN_TEXT) from None
+    if not verdict.allowed:
+        log.warning("input image refused by the content check: score %.3f", verdict.score,
+                    extra={**ids, "nsfw_score": verdict.score})
+        raise ImageRejected(INPUT_REFUSED_TEXT)
+    log.info("input image content check passed: score %.4f", verdict.score, extra={**ids, "nsfw_score": verdict.score})
 
 
 def store_image(img: Image.Image, dest_dir: Path, key: str) -> Path:

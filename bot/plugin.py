@@ -17,6 +17,7 @@ parameters, never through module globals.
 
 from __future__ import annotations
 
+import difflib
 import logging
 import re
 import unicodedata
@@ -36,6 +37,7 @@ from bot.store.quota import QuotaBook
 if TYPE_CHECKING:  # only for type hints: the objects are passed in by the app
     from bot.prompts import PromptPipeline
     from bot.settings import Settings
+    from generation.content_check import ContentChecker
 
 log = logging.getLogger(__name__)
 
@@ -158,6 +160,10 @@ class Plugin:
         """Non-command messages (e.g. images). Return True when consumed."""
         return False
 
+    def usage_for(self, ctx: PluginContext, spec: CommandSpec) -> str:
+        """The usage line /帮助 shows for `spec` (a plugin may narrow it to what the configuration allows)."""
+        return spec.usage
+
     async def call(self, spec: CommandSpec, ctx: PluginContext, call: CommandCall) -> None:
         await getattr(self, spec.method)(ctx, call)
 
@@ -175,6 +181,7 @@ class PluginContext:
     registry: PluginRegistry
     pipeline: PromptPipeline | None = None  # identity when None
     executor: Executor | None = None  # where jobs run; None in tests that run no worker
+    image_check: ContentChecker | None = None  # NSFW check of input images before queuing; None: no check
 
     def capabilities(self, chat_id: str) -> ChannelCapabilities:
         """What the channel of `chat_id` allows (acks and /帮助 adapt to it)."""
@@ -232,3 +239,20 @@ class PluginRegistry:
     def visible_commands(self, is_admin: bool) -> list[CommandSpec]:
         specs = [spec for plugin in self.plugins for spec in plugin.commands]
         return [s for s in specs if is_admin or not s.admin_only]
+
+    def plugin_of(self, spec: CommandSpec) -> Plugin:
+        return self._words[spec.name][0]
+
+    def suggest(self, word: str, is_admin: bool) -> str | None:
+        """The command word nearest to a mistyped one (`视屏` → `视频`, `vidoe` → `video`), among the commands
+        the sender may use; None when nothing is close. A Chinese word may be glued to its argument
+        (`/视屏一只猫`), so non-ASCII candidates are also compared with the typed word's start."""
+        word = normalize_command_word(word)
+        allowed = {w for spec in self.visible_commands(is_admin) for w in spec.words}
+        best: tuple[float, str] | None = None
+        for candidate in sorted(allowed):
+            typed = word if candidate.isascii() else word[: max(len(candidate), 1)]
+            ratio = difflib.SequenceMatcher(None, typed, candidate).ratio()
+            if ratio >= 0.5 and (best is None or ratio > best[0]):
+                best = (ratio, candidate)
+        return None if best is None else best[1]

@@ -11,8 +11,9 @@ copies, out of memory). Two layers:
     with the pid the parent passed in.
   - `ParentWatch`, the portable check everywhere: a daemon thread waits on the multiprocessing parent
     sentinel (the child's end of a pipe the parent holds open: EOF means the parent is gone) and polls
-    `os.getppid()`. When the parent is gone it ends the process at once: no new job is claimed, and a running
-    job is abandoned; its lease is reclaimed by the next bot (below) or when it expires.
+    `os.getppid()`. When the parent is gone it ends the process (`leave_orphaned`: SIGTERM, `os._exit` after a
+    short grace for a process that handles SIGTERM): no new job is claimed, and a running job is abandoned;
+    its lease is reclaimed by the next bot (below) or when it expires.
 * In the bot (`take_over`, called by `bot.worker.WorkerSupervisor.start`): the supervisor writes
   `<db>.worker.pid` (`WorkerRecord`: pid, the process's boot-relative start time from `/proc/<pid>/stat` and
   the boot id, so a reused pid is never mistaken for our worker, the lease owner id, the database) for every
@@ -26,6 +27,7 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
+import functools
 import json
 import logging
 import multiprocessing as mp
@@ -47,6 +49,7 @@ PR_SET_PDEATHSIG = 1  # <linux/prctl.h>
 PARENT_DEATH_SIGNAL = signal.SIGTERM  # the worker's default SIGTERM action ends it; a Ray driver shuts down
 EXIT_ORPHANED = 70  # the worker ended itself because its bot is gone (nobody reads it: for `ps`/core logs)
 PARENT_POLL_S = 0.5  # how often the watch also compares os.getppid() (the sentinel answers at once)
+ORPHAN_GRACE_S = 4.0  # an orphan that handles SIGTERM (the Ray driver) has this long before os._exit
 STALE_TERM_GRACE_S = 5.0  # SIGTERM → SIGKILL for a stale worker
 KILL_WAIT_S = 5.0  # after SIGKILL, how long to wait for the process to be gone
 PID_FILE_SUFFIX = ".worker.pid"
@@ -83,8 +86,21 @@ def bind_to_parent(parent_pid: int, sig: int = PARENT_DEATH_SIGNAL) -> bool:
     return armed
 
 
-def _exit_orphaned() -> None:
-    os._exit(EXIT_ORPHANED)
+def leave_orphaned(stop: Any = None, signalled: bool = False, grace_s: float = ORPHAN_GRACE_S) -> None:
+    """End this process because its parent is gone, whatever it is doing.
+
+    SIGTERM (unless the kernel already sent it, `signalled`): its default action ends a worker at once, while
+    a process that handles it gets `grace_s` to clean up (the Ray driver shuts down the local Ray instance it
+    started; killed outright, Ray leaves agent processes behind). `stop` is set so a cooperative loop claims
+    no new job meanwhile. After `grace_s` the process ends regardless (`os._exit`, armed first: setting a
+    multiprocessing event the dead parent may have left locked must not keep it alive)."""
+    timer = threading.Timer(grace_s, os._exit, args=(EXIT_ORPHANED,))
+    timer.daemon = True
+    timer.start()
+    if not signalled:
+        os.kill(os.getpid(), PARENT_DEATH_SIGNAL)
+    if stop is not None:
+        stop.set()
 
 
 class ParentWatch:
@@ -92,11 +108,11 @@ class ParentWatch:
 
     Waits on `sentinel` (EOF of a pipe whose other end only the parent holds, e.g. the multiprocessing parent
     sentinel of a spawned child) and every `poll_s` also compares `os.getppid()` with `parent_pid` (a dead
-    parent's children are re-parented). `on_gone` runs on the watch thread; by default it ends the process
-    with `os._exit`, without finishing or handing back the running job: its lease is reclaimed by the bot."""
+    parent's children are re-parented). `on_gone` runs on the watch thread; by default (`leave_orphaned`) it
+    ends the process without waiting for the running job: its lease is reclaimed by the next bot."""
 
     def __init__(self, parent_pid: int, *, sentinel: Any = None, poll_s: float = PARENT_POLL_S,
-                 on_gone: Callable[[], None] = _exit_orphaned, worker_id: str = "") -> None:
+                 on_gone: Callable[[], None] = leave_orphaned, worker_id: str = "") -> None:
         self.parent_pid = parent_pid
         self.sentinel = sentinel
         self.poll_s = poll_s
@@ -133,10 +149,11 @@ def run_child(target: Callable[[Any, str, Any], None], parent_pid: int, settings
     """Process main of a supervised worker child: tie its life to the parent, then run `target`.
 
     `parent_pid` is the bot's pid as the bot saw it when spawning (compared with `os.getppid()` here)."""
-    bind_to_parent(parent_pid)
+    signalled = bind_to_parent(parent_pid)
     parent = mp.parent_process()
     sentinel = parent.sentinel if parent is not None and parent.pid == parent_pid else None
-    ParentWatch(parent_pid, sentinel=sentinel, worker_id=worker_id).start()
+    ParentWatch(parent_pid, sentinel=sentinel, worker_id=worker_id,
+                on_gone=functools.partial(leave_orphaned, stop, signalled)).start()
     target(settings, worker_id, stop)
 
 

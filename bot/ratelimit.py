@@ -18,7 +18,7 @@ class Verdict(StrEnum):
     DROP = "drop"  # already told: ignore silently
 
 
-USER_LIMIT_TEXT = "您发得太快啦，请稍等一会儿再试～"
+USER_LIMIT_TEXT = "你发得太快啦，请稍等一会儿再试～"
 CHAT_LIMIT_TEXT = "本群消息太多啦，小爱忙不过来，请稍后再试～"
 
 

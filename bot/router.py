@@ -9,8 +9,8 @@ Rules (in order):
    and case do not matter. A Chinese alias may be glued to its argument (`/视频一只猫`).
 4. In groups with `bot.require_mention_in_groups`, a command also needs the bot to be @-mentioned;
    without the mention it is ignored (other bots in the group may use slash commands too).
-5. An unknown `/word` gets a short hint in private chats or when the bot was @-mentioned; it is
-   ignored otherwise. A bare @-mention of the bot without a command gets the same hint.
+5. An unknown `/word` gets a short hint in private chats or when the bot was @-mentioned, naming the
+   nearest command when one is close (`/视屏` → `/视频`, `hint_text`); it is ignored otherwise. A bare @-mention of the bot without a command gets the same hint.
 6. Everything else (images, chatter) is "passive": plugins may look at it (the video plugin
    remembers images for image-to-video).
 """
@@ -38,6 +38,18 @@ class RouteKind(StrEnum):
 
 
 HINT_TEXT = "我没听懂这个命令～发送 /帮助 查看可用命令。"
+
+
+def hint_text(route: Route, registry: PluginRegistry, is_admin: bool) -> str:
+    """The reply to an unknown command: the nearest command the sender may use, as a ready-to-send
+    example (`/视屏 一只猫` → `/视频 一只猫`), else the general hint."""
+    near = registry.suggest(route.word, is_admin) if route.word else None
+    if near is None:
+        return HINT_TEXT
+    glued = route.word[len(near):] if not near.isascii() and len(route.word) > len(near) else ""
+    rest = " ".join(p for p in (glued, route.args) if p)
+    example = f"/{near} {rest}" if rest else f"/{near}"
+    return f"没有 /{route.word} 这个命令，你是想发 {example} 吗？发送 /帮助 查看全部命令。"
 
 
 @dataclass(frozen=True, slots=True)
@@ -126,7 +138,7 @@ class Router:
         found = self._registry.resolve(word)
         if found is None:
             if addressed:
-                return Route(RouteKind.HINT, word=word, reason="unknown command")
+                return Route(RouteKind.HINT, word=word, args=args, reason="unknown command")
             return Route(RouteKind.IGNORE, word=word, reason="unknown command, not addressed")
         plugin, spec = found
         return Route(RouteKind.COMMAND, plugin=plugin, spec=spec, word=word, args=args)

@@ -1,8 +1,13 @@
 """`xiaoai run`: every configured channel side by side in one process, until SIGINT/SIGTERM.
 
 Exit codes: 0 after a clean stop; 2 when no channel is configured or none can start (the reasons are
-printed, one line per channel, with what to do). A channel that cannot start while others can is
+printed, one line per channel, with what to do), or when the configured checkpoint cannot be loaded (one
+line, checked before any channel opens: `bot.app.StartupError`). A channel that cannot start while others can is
 reported in the log and to the admins on the other channels, and the bot runs on.
+
+Once the bot runs, the admin console (`bot.web.admin`, section `admin:`, default 127.0.0.1:8766) serves the
+dashboard, `/healthz` and `/metrics` in the same event loop; it is stopped before the bot. Its token is
+`XIAOAI_DASHBOARD_TOKEN` (a random one is made and printed when unset; one shorter than 8 characters exits 2).
 """
 
 from __future__ import annotations
@@ -50,7 +55,17 @@ async def serve(
             print(NO_CHANNEL_HELP, file=err)
         return 2
 
-    from bot.app import App, build_pipeline  # the chat-core wiring, imported late (it is heavy)
+    token, generated = None, False
+    if settings.admin.enabled:  # the console's token first: a bad one stops us before anything opens
+        from bot.web.admin import AdminError, console_token
+
+        try:
+            token, generated = console_token(environ)
+        except AdminError as exc:
+            print(str(exc), file=err)
+            return 2
+
+    from bot.app import App, StartupError, build_pipeline  # the chat-core wiring, imported late (it is heavy)
 
     app = App(settings, channels, pipeline=build_pipeline(settings))
     stop = stop or asyncio.Event()
@@ -62,8 +77,9 @@ async def serve(
             handled.append(sig)
     try:
         await app.start()
-    except ChannelStartError as exc:
-        print(f"没有通道能启动 / no channel could start:\n{exc}", file=err)
+    except (ChannelStartError, StartupError) as exc:
+        head = "" if isinstance(exc, StartupError) else "没有通道能启动 / no channel could start:\n"
+        print(f"{head}{exc}", file=err)
         for sig in handled:
             loop.remove_signal_handler(sig)
         return 2
@@ -71,14 +87,33 @@ async def serve(
         print(f"通道 {name} 未启动 / channel {name} not started: {why}", file=err)
     names = ", ".join(c.name for c in app.hub.started)
     log.info("xiaoai serving on %s", names)
+    console = await _start_console(app, settings, token, generated, err) if token else None
     await _report_unconnected(app, err)
     try:
         await stop.wait()
     finally:
+        if console is not None:
+            await console.stop()
         await app.stop()
         for sig in handled:
             loop.remove_signal_handler(sig)
     return 0
+
+
+async def _start_console(app: object, settings: Settings, token: str, generated: bool, err: TextIO) -> object | None:
+    """The admin console (`bot.web.admin`: dashboard, /healthz, /metrics) on `admin.host:admin.port`, in this
+    event loop. When it cannot listen the bot runs on without it (said on stderr and in the log)."""
+    from bot.web.admin import AdminConsole, AdminError, print_links
+
+    console = AdminConsole(app, settings.admin, token)
+    try:
+        await console.start()
+    except AdminError as exc:
+        log.error("%s", exc)
+        print(f"{exc}\n机器人继续运行，但没有管理后台 / the bot runs on without its admin console", file=err)
+        return None
+    print_links(console, generated, err)
+    return console
 
 
 async def _report_unconnected(app: object, err: TextIO) -> None:

@@ -25,10 +25,13 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 from bot.channels.settings import ChannelsSettings
 from bot.channels.wechaty.settings import WechatySettings
 from bot.executors.settings import ExecutorSettings
-from bot.jobs.settings import QueueSettings, WorkerSettings
+from bot.jobs.settings import QueueSettings, RetentionSettings, WorkerSettings
 from bot.prompts.settings import PromptSettings
 from bot.store.settings import QuotaSettings, StorageSettings
-from bot.web.settings import PlaygroundSettings
+from bot.web.settings import AdminSettings, PlaygroundSettings
+from generation.content_check import ContentCheckSettings
+from generation.labels import LabelSettings
+from generation.limits import serves
 from generation.settings import GenerationSettings
 
 ENV_PREFIX = "XIAOAI__"
@@ -51,6 +54,9 @@ class BotSettings(BaseModel):
     allow_private: bool = True
     require_mention_in_groups: bool = False  # True: commands in groups need "@小爱" as well
     image_window_s: float = Field(default=300.0, gt=0)  # image ↔ /video pairing window
+    # An image answering a /video sent without a prompt waits this long for its caption (`/video 提示词` as the
+    # next message: WeChat and the playground send an image and its text apart), so the two make one job.
+    image_caption_wait_s: float = Field(default=2.0, ge=0)
     max_prompt_chars: int = Field(default=300, ge=1)
     max_image_bytes: int = Field(default=10 * 1024 * 1024, ge=1024)
     max_image_pixels: int = Field(default=4096 * 4096, ge=64 * 64)
@@ -101,6 +107,10 @@ class Settings(BaseModel):
     prompts: PromptSettings = Field(default_factory=PromptSettings)
     executor: ExecutorSettings = Field(default_factory=ExecutorSettings)
     playground: PlaygroundSettings = Field(default_factory=PlaygroundSettings)
+    admin: AdminSettings = Field(default_factory=AdminSettings)
+    retention: RetentionSettings = Field(default_factory=RetentionSettings)
+    labels: LabelSettings = Field(default_factory=LabelSettings)  # AI labels: in the picture + AIGC metadata
+    content_check: ContentCheckSettings = Field(default_factory=ContentCheckSettings)  # offline NSFW check
 
     def supported_resolutions(self) -> list[str]:
         """Resolutions users may ask for: `video.resolutions` limited to what the configured model
@@ -115,12 +125,45 @@ class Settings(BaseModel):
         allowed = self.supported_resolutions()
         return self.video.default_resolution if self.video.default_resolution in allowed else allowed[0]
 
+    def serves(self, resolution: str, duration_s: int) -> bool:
+        """Whether users may ask for this combination: allowed by `video.*` and made by the configured
+        generator (`generation.limits.serves`: Pyramid Flow makes 10 s only at 768p)."""
+        return (resolution in self.supported_resolutions() and duration_s in self.video.durations_s
+                and serves(self.worker.generator, resolution, duration_s))
+
+    def supported_durations(self, resolution: str) -> list[int]:
+        return [d for d in self.video.durations_s if self.serves(resolution, d)]
+
+    def default_duration(self, resolution: str) -> int:
+        """`video.default_duration_s` when `resolution` makes it, else the nearest duration it makes."""
+        made = self.supported_durations(resolution) or list(self.video.durations_s)
+        want = self.video.default_duration_s
+        return want if want in made else min(made, key=lambda d: (abs(d - want), d))
+
+    def offered(self) -> list[tuple[str, int]]:
+        """Every (resolution, seconds) users may ask for, in the configured order."""
+        return [(r, d) for r in self.supported_resolutions() for d in self.supported_durations(r)]
+
+    def model_key(self) -> str:
+        """Which model makes the videos, for per-model timings (`JobQueue` ETA): `synthetic`, `tiny` (the
+        random-weight demo model) or the checkpoint's model name (`pyramid_flow` when not configured)."""
+        if self.worker.generator == "synthetic":
+            return "synthetic"
+        if self.generation.checkpoint is None:
+            return "tiny"
+        return self.generation.model_name or "pyramid_flow"
+
     @model_validator(mode="after")
     def _model_can_serve_a_resolution(self) -> Settings:
         if not self.supported_resolutions():
             raise ValueError(
                 f"video.resolutions {self.video.resolutions} has no resolution the configured checkpoint "
                 f"makes (generation.variant={self.generation.variant})"
+            )
+        if not self.offered():
+            raise ValueError(
+                f"video.durations_s {self.video.durations_s} has no duration the model makes at "
+                f"{'/'.join(self.supported_resolutions())} (384p: 5 s only; 768p: 5 or 10 s)"
             )
         return self
 
@@ -199,6 +242,27 @@ def settings_from_mapping(data: Mapping[str, Any] | None, source: str = "<mappin
         raise SettingsError(_format_errors(err, source)) from None
 
 
+def config_source(path: Path | None = None, environ: Mapping[str, str] | None = None) -> str:
+    """One line naming the file `load_settings` reads with the same arguments, or saying that none was
+    found and the built-in defaults are used (`xiaoai run` started from another directory)."""
+    env = os.environ if environ is None else environ
+    config_path = Path(path if path is not None else env.get(CONFIG_ENV, DEFAULT_CONFIG))
+    overrides = sorted(n for n in env if n.startswith(ENV_PREFIX))
+    extra = f" + {len(overrides)} 个 {ENV_PREFIX}* 环境变量 / environment overrides" if overrides else ""
+    if config_path.exists():
+        return f"配置文件 / config file: {config_path.resolve()}{extra}"
+    return (f"没有找到配置文件 {config_path}（当前目录 {Path.cwd()}），使用内置默认值{extra} / no config file "
+            f"found: built-in defaults (choose one with --config or {CONFIG_ENV})")
+
+
+def _yaml_error(err: yaml.YAMLError) -> str:
+    """One line for a YAML syntax error: where (line, column, 1-based) and what."""
+    mark = getattr(err, "problem_mark", None) or getattr(err, "context_mark", None)
+    where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark is not None else ""
+    what = getattr(err, "problem", None) or str(err)
+    return f"不是有效的 YAML / not valid YAML at {where}{' '.join(str(what).split())}"
+
+
 def load_settings(path: Path | None = None, environ: Mapping[str, str] | None = None) -> Settings:
     """Read `path` (default: $XIAOAI_CONFIG or ./config.yaml; a missing default file means all
     defaults), apply `XIAOAI__` overrides from `environ` (default: os.environ) and validate."""
@@ -210,7 +274,10 @@ def load_settings(path: Path | None = None, environ: Mapping[str, str] | None = 
         try:
             loaded = yaml.safe_load(config_path.read_text(encoding="utf-8"))
         except yaml.YAMLError as err:
-            raise SettingsError(f"配置无效 / invalid configuration ({config_path}): not valid YAML: {err}") from None
+            raise SettingsError(f"配置无效 / invalid configuration ({config_path}): {_yaml_error(err)}") from None
+        except (OSError, UnicodeDecodeError) as err:
+            why = "not UTF-8 text" if isinstance(err, UnicodeDecodeError) else (err.strerror or str(err))
+            raise SettingsError(f"配置文件无法读取 / cannot read the config file {config_path}: {why}") from None
         if loaded is not None and not isinstance(loaded, dict):
             raise SettingsError(f"配置无效 / invalid configuration ({config_path}): top level must be a mapping")
         data = loaded or {}

@@ -6,17 +6,18 @@ from datetime import datetime, timedelta
 from zoneinfo import ZoneInfo
 
 
-def format_eta(seconds: float | None) -> str:
-    """`约 3 分钟` style; unknown → `暂无法估计`."""
+def format_eta(seconds: float | None, *, approx: bool = True) -> str:
+    """`约 3 分钟` style (`3 分钟` with approx=False, for times measured here); unknown → `暂无法估计`."""
     if seconds is None:
         return "暂无法估计"
+    about = "约 " if approx else ""
     seconds = max(0.0, float(seconds))
     if seconds < 60:
-        return f"约 {max(1, round(seconds))} 秒"
+        return f"{about}{max(1, round(seconds))} 秒"
     if seconds < 3600:
-        return f"约 {round(seconds / 60)} 分钟"
+        return f"{about}{round(seconds / 60)} 分钟"
     hours, rest = divmod(round(seconds / 60), 60)
-    return f"约 {hours} 小时 {rest} 分钟" if rest else f"约 {hours} 小时"
+    return f"{about}{hours} 小时 {rest} 分钟" if rest else f"{about}{hours} 小时"
 
 
 def format_duration(seconds: float) -> str:

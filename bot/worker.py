@@ -19,6 +19,7 @@ from __future__ import annotations
 import logging
 import multiprocessing as mp
 import os
+import signal
 import threading
 import time
 import uuid
@@ -28,13 +29,17 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from bot import procs
+from bot.clips import merge_with_parent
 from bot.jobs.models import Job
 from bot.jobs.queue import JobQueue
 from bot.jobs.settings import QueueSettings, WorkerSettings
 from bot.store.db import open_db
+from bot.store.health import record_generator_build
 from bot.store.quota import QuotaBook
 from bot.store.settings import QuotaSettings, StorageSettings
 from generation.api import GenerationCancelled, GenerationRequest, InvalidRequest, Progress, VideoGenerator
+from generation.content_check import ContentBlocked
+from generation.labels import new_produce_id
 from generation.logs import setup_child_logging
 
 log = logging.getLogger(__name__)
@@ -53,6 +58,8 @@ class WorkerConfig(Protocol):
     quota: QuotaSettings
     storage: StorageSettings
     generation: Any
+    labels: Any  # generation.labels.LabelSettings
+    content_check: Any  # generation.content_check.ContentCheckSettings
 
 
 @dataclass
@@ -64,6 +71,8 @@ class WorkerSections:
     quota: QuotaSettings
     storage: StorageSettings
     generation: Any = None
+    labels: Any = None  # None: default label settings
+    content_check: Any = None  # None: default content check settings
 
 
 def open_queue(settings: WorkerConfig, clock: Clock = time.time) -> JobQueue:
@@ -72,6 +81,17 @@ def open_queue(settings: WorkerConfig, clock: Clock = time.time) -> JobQueue:
 
 
 def build_worker_generator(settings: WorkerConfig) -> VideoGenerator:
+    generator = _build_generator(settings)
+    # every video: the content check on its frames, the AI label in the picture and the AIGC metadata
+    from generation.finisher import VideoFinisher
+
+    finisher = VideoFinisher.from_settings(getattr(settings, "labels", None), getattr(settings, "content_check", None))
+    finisher.check_ready()  # no CJK font: fail at start, never draw boxes
+    generator.finisher = finisher  # type: ignore[attr-defined]
+    return generator
+
+
+def _build_generator(settings: WorkerConfig) -> VideoGenerator:
     if settings.worker.generator == "synthetic":
         from generation.synthetic import SyntheticGenerator
 
@@ -87,6 +107,14 @@ def build_worker_generator(settings: WorkerConfig) -> VideoGenerator:
 
 def _is_oom(exc: BaseException) -> bool:
     return isinstance(exc, MemoryError) or type(exc).__name__ == "OutOfMemoryError"
+
+
+def build_request(job: Job) -> GenerationRequest:
+    """The generation request of a job: its prompt, size, seed, image and negative prompt (a job without one,
+    e.g. of an older version, gets the generator's own default)."""
+    return GenerationRequest(prompt=job.final_prompt or job.prompt, resolution=job.resolution,  # type: ignore[arg-type]
+                             duration_s=job.duration_s, seed=job.seed, image_path=job.image_path,
+                             negative_prompt=job.negative_prompt or None, produce_id=new_produce_id(job.id))
 
 
 class _Heartbeat:
@@ -149,8 +177,7 @@ class JobRunner:
     def run_job(self, job: Job) -> None:
         ids = {"job_id": job.id, "user_id": job.user_id, "worker_id": self.worker_id}
         out_dir = Path(self.settings.output_dir) / str(job.id)
-        request = GenerationRequest(prompt=job.final_prompt or job.prompt, resolution=job.resolution,  # type: ignore[arg-type]
-                                    duration_s=job.duration_s, seed=job.seed, image_path=job.image_path)
+        request = build_request(job)
         last_report = [0.0]
 
         def on_progress(p: Progress) -> None:
@@ -176,6 +203,11 @@ class JobRunner:
                 else:  # worker shutting down: hand it back without using up an attempt
                     self.queue.release(job.id, self.worker_id)
                 return
+            except ContentBlocked as exc:  # nothing was written; failed once, refunded, admins alerted on delivery
+                log.error("job %s blocked by the output content check (%s): scores %s", job.id, exc.verdict.reason,
+                          exc.verdict.describe(), extra={**ids, "chat_id": job.chat_id})
+                self.queue.fail(job.id, self.worker_id, str(exc), retryable=False)
+                return
             except InvalidRequest as exc:
                 self.queue.fail(job.id, self.worker_id, str(exc), retryable=False)
                 return
@@ -183,9 +215,12 @@ class JobRunner:
                 log.exception("job %s generator error", job.id, extra=ids)
                 self.queue.fail(job.id, self.worker_id, OOM_ERROR if _is_oom(exc) else CRASH_ERROR, retryable=True)
                 return
-        self.queue.complete(job.id, self.worker_id, str(result.video_path),
+        video_path, label = Path(result.video_path), result.label
+        if job.merge and job.parent_id:  # `/续写 #N 合并`: the parent's clip, then this one, as one MP4
+            video_path, label = merge_with_parent(self.queue, job, video_path, label)
+        self.queue.complete(job.id, self.worker_id, str(video_path),
                             None if result.cover_path is None else str(result.cover_path), result.seconds,
-                            result.label)
+                            label)
 
 
 def _configure_child_logging() -> None:
@@ -194,9 +229,10 @@ def _configure_child_logging() -> None:
 
 def run_worker(settings: WorkerConfig, worker_id: str, stop: Any) -> None:
     """Process main of the GPU worker. `stop` is a (multiprocessing) Event; returns when it is set."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C reaches the whole process group: the bot stops us in order
     _configure_child_logging()
     queue = open_queue(settings)
-    generator = build_worker_generator(settings)
+    generator = record_generator_build(queue.db, worker_id, lambda: build_worker_generator(settings))
     warm_up = getattr(generator, "warm_up", None)
     if callable(warm_up):
         warm_up()  # compiles before the first claim (a job's lease would otherwise run during compilation)

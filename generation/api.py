@@ -48,6 +48,7 @@ class GenerationRequest:
     guidance_scale: float | None = None
     video_guidance_scale: float | None = None
     temp: int | None = None  # latent frames; derived from duration_s when None
+    produce_id: str | None = None  # the AIGC metadata ProduceID (generation.labels.new_produce_id when None)
 
 
 @dataclass(frozen=True, slots=True)

@@ -7,11 +7,11 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from generation.limits import VARIANT_MAX_TEMP  # noqa: F401 - re-exported (its torch-free home)
 from generation.text_encoders import PromptEncoder
 
-# Pixel (width, height) per variant of the released checkpoints (SPEC §6.6) and max latent frames.
+# Pixel (width, height) per variant of the released checkpoints (SPEC §6.6); max latent frames: generation.limits.
 VARIANT_RESOLUTION: dict[str, tuple[int, int]] = {"384p": (640, 384), "768p": (1280, 768)}
-VARIANT_MAX_TEMP: dict[str, int] = {"384p": 16, "768p": 31}
 
 
 @dataclass

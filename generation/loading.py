@@ -180,6 +180,105 @@ def load_vae(root: Path, *, dtype: torch.dtype, device: torch.device) -> nn.Modu
     return vae.to(device=device)
 
 
+# --------------------------------------------------------------------------- pre-flight check
+
+# The text towers and tokenizers `load_text_encoder` reads, per model.
+TEXT_FOLDERS: dict[str, tuple[str, ...]] = {
+    "pyramid_flux": ("text_encoder", "text_encoder_2"),
+    "pyramid_mmdit": ("text_encoder", "text_encoder_2", "text_encoder_3"),
+}
+TOKENIZER_FOLDERS: dict[str, tuple[str, ...]] = {
+    "pyramid_flux": ("tokenizer", "tokenizer_2"),
+    "pyramid_mmdit": ("tokenizer", "tokenizer_2", "tokenizer_3"),
+}
+
+
+def _header_shapes(path: Path) -> dict[str, tuple[int, ...]]:
+    """Key → shape of one weight file, reading only the safetensors header (a `.bin` is memory-mapped,
+    its tensors are not read)."""
+    path = Path(path)
+    if path.suffix == ".safetensors":
+        from safetensors import safe_open
+
+        try:
+            with safe_open(str(path), framework="pt", device="cpu") as f:
+                return {k: tuple(f.get_slice(k).get_shape()) for k in f.keys()}  # noqa: SIM118
+        except Exception as exc:  # noqa: BLE001 - safetensors raises its own error types
+            raise CheckpointError(f"{path}: cannot read safetensors file ({exc})") from exc
+    try:
+        sd = torch.load(str(path), map_location="cpu", weights_only=True, mmap=True)
+    except Exception as exc:  # noqa: BLE001
+        raise CheckpointError(f"{path}: cannot read torch weights file ({exc})") from exc
+    if not isinstance(sd, dict):
+        raise CheckpointError(f"{path}: expected a state_dict, found {type(sd).__name__}")
+    return {k: tuple(v.shape) for k, v in sd.items() if isinstance(v, torch.Tensor)}
+
+
+def check_weight_keys(expected: dict[str, tuple[int, ...]], folder: Path, owner: str) -> None:
+    """The folder's weight files hold exactly the `expected` keys with the expected shapes (headers only)."""
+    files = find_weight_files(folder)
+    found: set[str] = set()
+    for path in files:
+        for key, shape in _header_shapes(path).items():
+            if key not in expected:
+                raise CheckpointError(f"{path}: unexpected key {key!r} (not a parameter of {owner})")
+            if shape != expected[key]:
+                raise CheckpointError(f"{path}: shape mismatch for {key!r}: file {shape}, model {expected[key]}")
+            found.add(key)
+    missing = [k for k in expected if k not in found]
+    if missing:
+        names = ", ".join(repr(k) for k in missing[:5])
+        more = f" and {len(missing) - 5} more" if len(missing) > 5 else ""
+        raise CheckpointError(f"{files[0] if len(files) == 1 else folder}: missing key {names}{more}")
+
+
+def _meta_shapes(build, what: Path) -> tuple[dict[str, tuple[int, ...]], str]:
+    with torch.device("meta"):
+        try:
+            module = build()
+        except Exception as exc:  # noqa: BLE001 - a config the model rejects
+            raise CheckpointError(f"{what}: cannot build the model from it ({exc})") from exc
+    return {k: tuple(v.shape) for k, v in module.state_dict(keep_vars=True).items()}, type(module).__name__
+
+
+def validate_checkpoint(root: Path, variant: str = "384p", model_name: str | None = None, *,
+                        load_text: bool = True) -> str:
+    """A cheap pre-flight check of a checkpoint, before anything accepts work: every folder
+    `load_pipeline` reads exists, its config.json parses, the DiT and VAE are built on the meta device
+    (no memory, no GPU) and their weight files' headers hold exactly the expected keys and shapes; the
+    text towers' weight headers are readable and their tokenizer folders are present. No tensor is read.
+    Returns the model name; raises `CheckpointError` naming the path (file, key) at fault."""
+    from generation.models.registry import build_dit
+    from generation.models.vae import CausalVideoVAE, VAEConfig
+
+    root = Path(root)
+    if not root.is_dir():
+        raise CheckpointError(f"checkpoint folder missing: {root}")
+    dit_folder = root / f"diffusion_transformer_{variant}"
+    dit_config = read_config(dit_folder)
+    name = model_name or detect_model_name(root, variant, dit_config)
+    if name not in MODEL_NAMES:
+        raise CheckpointError(f"unknown model name {name!r} (expected one of {MODEL_NAMES})")
+    expected, owner = _meta_shapes(lambda: build_dit(name, dit_config), dit_folder / "config.json")
+    check_weight_keys(expected, dit_folder, owner)
+    vae_folder = root / "causal_video_vae"
+    vae_config = read_config(vae_folder)
+    expected, owner = _meta_shapes(lambda: CausalVideoVAE(VAEConfig.from_dict(vae_config)), vae_folder / "config.json")
+    check_weight_keys(expected, vae_folder, owner)
+    if load_text:
+        for sub in TEXT_FOLDERS[name]:
+            folder = root / sub
+            read_config(folder)
+            files = find_weight_files(folder)
+            if not any(_header_shapes(path) for path in files):
+                raise CheckpointError(f"{files[0]}: holds no tensors")
+        for sub in TOKENIZER_FOLDERS[name]:
+            folder = root / sub
+            if not folder.is_dir() or not any(folder.iterdir()):
+                raise CheckpointError(f"tokenizer folder missing or empty: {folder}")
+    return name
+
+
 def resolve_device(name: str) -> torch.device:
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")

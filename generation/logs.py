@@ -11,6 +11,10 @@ the standard library and python-json-logger.
   characters (ANSI escapes, BEL, NUL) and bidi overrides are written as visible escapes (`\\n`,
   `\\x1b`, `\\u202e`), so no input can forge a log line or recolour a terminal. Traceback lines keep
   their line breaks but every continuation line is indented under its record.
+* Files (`--log-file PATH`): besides stderr, the same lines go to PATH, rotated at `max_bytes` with `backups`
+  old files kept (`logging.handlers.RotatingFileHandler`, in the process that called `setup_logging`). Child
+  processes append to the same path (`WatchedFileHandler`: they follow the rotation, never rotate themselves).
+  Every handler gets the same formatter (escaping) and the redaction filter.
 * Secrets: every value registered with `register_secret` (and the configured secret environment
   variables) is replaced by `***` in every record, at every level, before any handler sees it.
 """
@@ -18,6 +22,7 @@ the standard library and python-json-logger.
 from __future__ import annotations
 
 import logging
+import logging.handlers
 import os
 import re
 import sys
@@ -29,6 +34,9 @@ LogFormat = Literal["text", "json"]
 # The parent's choice, exported for child processes (the worker, the Ray dispatcher, Ray actors).
 LEVEL_ENV = "XIAOAI_LOG_LEVEL"
 FORMAT_ENV = "XIAOAI_LOG_FORMAT"
+FILE_ENV = "XIAOAI_LOG_FILE"
+DEFAULT_MAX_BYTES = 20 * 1024 * 1024
+DEFAULT_BACKUPS = 5
 
 ID_FIELDS: tuple[tuple[str, str], ...] = (
     ("job_id", "job"),
@@ -191,22 +199,44 @@ def setup_logging(
     tag: str = "",
     environ: Mapping[str, str] | None = None,
     export: bool = True,
+    file: str | os.PathLike[str] | None = None,
+    max_bytes: int = DEFAULT_MAX_BYTES,
+    backups: int = DEFAULT_BACKUPS,
+    rotate: bool = True,
 ) -> None:
     """Configure the root logger of this process (replacing any handler set before). `tag` names the
-    process in every line (e.g. `worker`, `actor gpu-0`)."""
+    process in every line (e.g. `worker`, `actor gpu-0`). With `file`, lines also go to that file, rotated
+    at `max_bytes` keeping `backups` old files (`rotate=False`: appended only, following another process's
+    rotation; what child processes do)."""
     numeric = level if isinstance(level, int) else getattr(logging, str(level).upper(), logging.INFO)
-    handler = logging.StreamHandler(stream or sys.stderr)
-    handler.setFormatter(_json_formatter(tag) if fmt == "json" else TextFormatter(tag))
-    handler.addFilter(_REDACTOR)
+    handlers: list[logging.Handler] = [logging.StreamHandler(stream or sys.stderr)]
+    if file is not None:
+        path = os.fspath(file)
+        os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+        if rotate:
+            handlers.append(logging.handlers.RotatingFileHandler(path, maxBytes=max(0, int(max_bytes)),
+                                                                 backupCount=max(0, int(backups)), encoding="utf-8"))
+        else:
+            handlers.append(logging.handlers.WatchedFileHandler(path, encoding="utf-8"))
+        handlers[-1]._xiaoai_file = True  # type: ignore[attr-defined]
     root = logging.getLogger()
     for old in list(root.handlers):
         root.removeHandler(old)
-    root.addHandler(handler)
+        if getattr(old, "_xiaoai_file", False):
+            old.close()  # the log file of an earlier call (handlers made by others are left open)
+    for handler in handlers:  # every handler: the escaping formatter and the redaction filter
+        handler.setFormatter(_json_formatter(tag) if fmt == "json" else TextFormatter(tag))
+        handler.addFilter(_REDACTOR)
+        root.addHandler(handler)
     root.setLevel(numeric)
     register_secret_env(environ)
     if export:  # children spawned from here configure themselves the same way (`setup_child_logging`)
         os.environ[LEVEL_ENV] = logging.getLevelName(numeric)
         os.environ[FORMAT_ENV] = fmt
+        if file is not None:
+            os.environ[FILE_ENV] = os.path.abspath(os.fspath(file))
+        else:
+            os.environ.pop(FILE_ENV, None)
     # chatty libraries: their DEBUG lines carry request headers (tokens) and add nothing for operators
     for noisy in ("hpack", "httpcore", "httpx", "websockets", "urllib3", "asyncio", "filelock", "PIL"):
         logging.getLogger(noisy).setLevel(max(numeric, logging.WARNING))
@@ -221,4 +251,5 @@ def setup_child_logging(tag: str) -> None:
     """In a child process: the parent's level and format (from the environment it exported), this
     process's tag. INFO/text when the parent set nothing."""
     fmt = os.environ.get(FORMAT_ENV, "text")
-    setup_logging(os.environ.get(LEVEL_ENV, "INFO"), "json" if fmt == "json" else "text", tag=tag, export=False)
+    setup_logging(os.environ.get(LEVEL_ENV, "INFO"), "json" if fmt == "json" else "text", tag=tag, export=False,
+                  file=os.environ.get(FILE_ENV) or None, rotate=False)

@@ -29,8 +29,10 @@ from generation.api import (
 )
 from generation.components import VARIANT_MAX_TEMP, PipelineComponents
 from generation.decode import DECODE_TILE, StreamingFrameDecoder, decode_to_frames, encode_image_latent
+from generation.finisher import VideoFinisher
 from generation.images import load_image_for_video
 from generation.latents import latent_norm
+from generation.limits import DURATION_TO_TEMP
 from generation.memory import Placement, PlacementManager, cap_cuda_memory
 from generation.models.fusion import fuse_projections, unfuse_projections
 from generation.models.graphed import GraphedDiT
@@ -47,11 +49,9 @@ from generation.sampling.pyramid import SamplerOptions, prepare_initial_noise, s
 from generation.sampling.schedule import build_schedule
 from generation.settings import GenerationSettings
 from generation.text_encoders import T5_MAX_LENGTH
-from generation.video_io import write_cover, write_mp4
 
 log = logging.getLogger(__name__)
 
-DURATION_TO_TEMP = {5: 16, 10: 31}
 SAMPLING_SHARE = 0.9  # fraction of the progress bar spent in sampling; the rest is decoding/encoding
 
 
@@ -87,6 +87,7 @@ class PyramidFlowGenerator:
         self.schedule = build_schedule()
         self._lock = threading.Lock()
         self.plan: PlacementPlan | None = None  # set when the planner chose the placement
+        self.finisher = VideoFinisher()  # labels + AIGC metadata (+ the content check when the worker sets one)
         device = components.device
         if settings.memory_cap_gib is not None and device.type == "cuda":
             cap_cuda_memory(device, settings.memory_cap_gib)
@@ -263,7 +264,8 @@ class PyramidFlowGenerator:
     ) -> GenerationResult:
         job = self.validate(request)
         with self._lock:
-            return self._run(job, Path(out_dir), progress, should_cancel, GeneratorNoise(job.seed))
+            return self._run(job, Path(out_dir), progress, should_cancel, GeneratorNoise(job.seed),
+                             produce_id=request.produce_id)
 
     def run_job(self, job: Job, out_dir: Path, *, noise: NoiseSource, progress: ProgressFn | None = None,
                 should_cancel: CancelFn | None = None) -> GenerationResult:
@@ -272,7 +274,7 @@ class PyramidFlowGenerator:
             return self._run(job, Path(out_dir), progress, should_cancel, noise)
 
     def _run(self, job: Job, out_dir: Path, progress: ProgressFn | None, should_cancel: CancelFn | None,
-             noise: NoiseSource) -> GenerationResult:
+             noise: NoiseSource, *, produce_id: str | None = None) -> GenerationResult:
         jid = uuid.uuid4().hex[:12]
         t0 = time.perf_counter()
         log.info("job %s: start %s %dx%d temp=%d seed=%d", jid, "i2v" if job.image is not None else "t2v",
@@ -280,9 +282,11 @@ class PyramidFlowGenerator:
         frames, timings = self.render(job, noise=noise, progress=progress, should_cancel=should_cancel)
         t1 = time.perf_counter()
         out_dir.mkdir(parents=True, exist_ok=True)
-        video_path = write_mp4(frames, out_dir / f"{jid}.mp4", fps=self.settings.fps)
-        cover_path = write_cover(frames[0], out_dir / f"{jid}.jpg")
+        done = self.finisher.finish(frames, out_dir / f"{jid}.mp4", out_dir / f"{jid}.jpg", fps=self.settings.fps,
+                                    produce_id=produce_id)
+        video_path, cover_path = done.video_path, done.cover_path
         t_end = time.perf_counter()
+        timings.update(done.timings)
         timings["encode_s"] = t_end - t1
         timings["total_s"] = t_end - t0
         timings["video_s"] = frames.shape[0] / self.settings.fps

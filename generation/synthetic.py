@@ -23,7 +23,7 @@ from generation.api import (
     Progress,
     ProgressFn,
 )
-from generation.video_io import write_cover, write_mp4
+from generation.finisher import VideoFinisher
 
 log = logging.getLogger(__name__)
 
@@ -56,6 +56,7 @@ class SyntheticGenerator:
         self.width = width - width % 2
         self.height = height - height % 2
         self.sleep = sleep
+        self.finisher = VideoFinisher()  # labels + AIGC metadata (+ the content check when the worker sets one)
 
     @classmethod
     def from_settings(cls, settings: object) -> SyntheticGenerator:
@@ -123,8 +124,9 @@ class SyntheticGenerator:
         frames = self.frames(request, base)
         out_dir = Path(out_dir)
         out_dir.mkdir(parents=True, exist_ok=True)
-        video = write_mp4(frames, out_dir / "video.mp4", fps=self.fps)
-        cover = write_cover(frames[0], out_dir / "cover.jpg")
+        done = self.finisher.finish(frames, out_dir / "video.mp4", out_dir / "cover.jpg", fps=self.fps,
+                                    produce_id=request.produce_id)
+        video, cover = done.video_path, done.cover_path
         seconds = time.monotonic() - started
         log.info("synthetic video %s (%d frames) in %.2fs", video, len(frames), seconds)
         return GenerationResult(video_path=video, cover_path=cover, seconds=seconds, frames=len(frames),

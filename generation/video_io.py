@@ -9,6 +9,7 @@ import logging
 import re
 import struct
 import subprocess
+from collections.abc import Mapping
 from pathlib import Path
 
 import numpy as np
@@ -23,8 +24,10 @@ def _even_crop(frames: np.ndarray) -> np.ndarray:
     return frames[:, : h - (h % 2), : w - (w % 2)]
 
 
-def write_mp4(frames: np.ndarray, path: Path, *, fps: int = 24, crf: int = 18) -> Path:
-    """Encode uint8 frames [F, H, W, 3] as H.264/yuv420p MP4 with the moov atom first."""
+def write_mp4(frames: np.ndarray, path: Path, *, fps: int = 24, crf: int = 18,
+              metadata: Mapping[str, str] | None = None) -> Path:
+    """Encode uint8 frames [F, H, W, 3] as H.264/yuv420p MP4 with the moov atom first. `metadata` items
+    (e.g. the `AIGC` label) are written as `mdta` keys in moov/udta/meta (`use_metadata_tags`)."""
     if frames.dtype != np.uint8 or frames.ndim != 4 or frames.shape[-1] != 3:
         raise ValueError(f"expected uint8 frames [F,H,W,3], got {frames.dtype} {frames.shape}")
     if frames.shape[0] == 0:
@@ -37,6 +40,7 @@ def write_mp4(frames: np.ndarray, path: Path, *, fps: int = 24, crf: int = 18) -
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     h, w = frames.shape[1], frames.shape[2]
+    tags = [arg for key, value in (metadata or {}).items() for arg in ("-metadata", f"{key}={value}")]
     writer = imageio_ffmpeg.write_frames(
         str(path),
         (w, h),
@@ -46,7 +50,8 @@ def write_mp4(frames: np.ndarray, path: Path, *, fps: int = 24, crf: int = 18) -
         pix_fmt_out="yuv420p",
         quality=None,
         macro_block_size=1,
-        output_params=["-crf", str(crf), "-movflags", "+faststart", "-preset", "veryfast"],
+        output_params=["-crf", str(crf), "-preset", "veryfast", *tags,
+                       "-movflags", "+faststart+use_metadata_tags"],
     )
     writer.send(None)
     try:

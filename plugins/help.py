@@ -1,8 +1,10 @@
-"""`/help`: lists the commands the caller may use (admins also see the admin commands)."""
+"""`/help`: lists the commands the caller may use, most important first (admins also see the admin commands),
+with the options the configured model makes."""
 
 from __future__ import annotations
 
-from bot.plugin import CommandCall, Plugin, PluginContext, command
+from bot.plugin import CommandCall, CommandSpec, Plugin, PluginContext, command
+from plugins.video import video_example  # the one place that knows what the model makes
 
 
 class HelpPlugin(Plugin):
@@ -12,15 +14,37 @@ class HelpPlugin(Plugin):
     @command("help", aliases=("帮助",), usage="/帮助", help="查看可用命令")
     async def help(self, ctx: PluginContext, call: CommandCall) -> None:
         name = ctx.settings.bot.name
-        specs = ctx.registry.visible_commands(call.is_admin)
-        user_lines = [f"{s.usage}  {s.help}（也可用 /{s.name}）" for s in specs if not s.admin_only]
-        lines = [f"我是{name}，可以把文字或图片变成短视频。可用命令："] + user_lines
-        admin = [f"{s.usage}  {s.help}（也可用 /{s.name}）" for s in specs if s.admin_only]
+        styles = ctx.settings.prompts.styles
+        specs = [s for s in ctx.registry.visible_commands(call.is_admin) if _shown(ctx, s)]
+        specs.sort(key=_importance)
+
+        def line(s: CommandSpec) -> str:
+            return f"{ctx.registry.plugin_of(s).usage_for(ctx, s)}  {s.help}（也可用 /{s.name}）"
+
+        lines = [f"我是{name}，可以把文字或图片变成短视频。可用命令："]
+        lines += [line(s) for s in specs if not s.admin_only]
+        admin = [line(s) for s in specs if s.admin_only]
         if admin:
             lines += ["", "管理员命令："] + admin
         lines += [
             "",
-            f"图生视频：先发一张图片，再在 {max(1, round(ctx.settings.bot.image_window_s / 60))} 分钟内发送 /视频 提示词。",
-            "选项示例：/视频 768p 10秒 种子=7 一只猫在窗台上打盹",
+            f"图生视频：先发一张图片，再在 {max(1, round(ctx.settings.bot.image_window_s / 60))} 分钟内发送 /视频 提示词"
+            "（平台支持引用时，也可以引用那张图片回复 /视频 提示词）。",
+            f"选项示例：{video_example(ctx)}" + (f"；风格={next(iter(styles))}（见 /风格）" if styles else "")
+            + "；不要=模糊,变形 写在最后。",
         ]
         await ctx.reply(call.message, "\n".join(lines))
+
+
+# Most used first: what people come for, then what they need while waiting, then the rest.
+ORDER = ("video", "queue", "cancel", "quota", "mine", "again", "continue", "styles", "resend", "help",
+         "addquota", "setquota", "resetquota", "ledger", "ban", "unban", "audit", "pool")
+
+
+def _importance(spec: CommandSpec) -> int:
+    return ORDER.index(spec.name) if spec.name in ORDER else len(ORDER)
+
+
+def _shown(ctx: PluginContext, spec: CommandSpec) -> bool:
+    """/资源池 describes a Ray pool: listed only when jobs run on one (it still answers when typed)."""
+    return spec.name != "pool" or ctx.settings.executor.kind == "ray"

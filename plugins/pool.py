@@ -13,11 +13,23 @@ CLUSTER_TEXT = {"connecting": "连接中", "ready": "正常", "unreachable": "�
 NO_EXECUTOR_TEXT = "本进程没有运行生成执行器（生成由其他进程负责）。"
 
 
+def device_text(device: str) -> str:
+    """Where an actor generates: `CPU`, `GPU 0` (`cuda:0`, or Ray's GPU ids), never "GPU" for a CPU run."""
+    device = device.strip()
+    if not device or device.startswith("cpu"):  # Ray reports no GPU ids for a CPU-only actor
+        return "CPU"
+    if device == "auto":
+        return "设备：自动选择（模型加载后可知）"
+    if device.startswith("cuda"):
+        return f"GPU {device.partition(':')[2] or 0}"
+    return f"GPU {device}"
+
+
 def format_actor(a: ActorStatus, now: float) -> str:
     parts = [a.name, STATE_TEXT.get(a.state, a.state)]
     if a.node:
         parts.append(f"节点 {a.node}")
-    parts.append(f"GPU {a.gpu}" if a.gpu else "GPU 无")
+    parts.append(device_text(a.gpu))
     if a.model:
         parts.append(f"模型 {a.model}" + (f"（{'/'.join(a.variants)}）" if a.variants else ""))
     if a.job_id is not None:
@@ -57,7 +69,7 @@ class PoolPlugin(Plugin):
     name = "pool"
     description = "生成资源池状态"
 
-    @command("pool", aliases=("资源池",), usage="/资源池", help="查看生成资源池：节点、GPU、模型、当前任务、完成数与平均耗时",
+    @command("pool", aliases=("资源池",), usage="/资源池", help="查看生成资源池：节点、设备（GPU/CPU）、模型、当前任务、完成数与平均耗时",
              admin_only=True)
     async def pool(self, ctx: PluginContext, call: CommandCall) -> None:
         executor = ctx.executor

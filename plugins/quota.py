@@ -19,6 +19,7 @@ from __future__ import annotations
 import logging
 import re
 from datetime import datetime
+from typing import Any
 from zoneinfo import ZoneInfo
 
 from bot.plugin import CommandCall, Plugin, PluginContext, TargetError, command
@@ -28,6 +29,55 @@ log = logging.getLogger(__name__)
 
 _INT = re.compile(r"^[+-]?\d+$")
 KIND_TEXT = {"grant": "发放", "spend": "消耗", "refund": "退还", "adjust": "调整", "reset": "每日重置"}
+# The ledger's reasons are written in English by the code (QuotaBook, JobQueue); admins read them in Chinese.
+REASON_TEXT = {
+    "first daily allowance": "首次发放每日额度", "video job": "生成视频", "cancelled": "取消退还",
+    "failed": "生成失败退还", "delivery failed": "发送失败退还", "admin set": "管理员设置",
+    "admin add": "管理员调整", "admin reset to daily allowance": "管理员恢复为每日额度",
+}
+STATE_TEXT = {"queued": "排队中", "running": "生成中"}
+ACTOR_TEXT = {"dashboard": "管理后台"}  # bot.web.dashboard.DASHBOARD_ACTOR
+
+
+def reason_text(reason: str) -> str:
+    """A ledger reason in Chinese (`daily reset 2026-01-01` → `每日重置（2026-01-01）`); an admin's own words as is."""
+    if reason.startswith("daily reset"):
+        day = reason[len("daily reset"):].strip()
+        return f"每日重置（{day}）" if day else "每日重置"
+    return REASON_TEXT.get(reason, reason)
+
+
+def who(user_id: str | None, names: dict[str, str]) -> str:
+    """`Alice（wxid_alice）` when the name is known from the user's jobs, else the id."""
+    if not user_id:
+        return "—"
+    if user_id in ACTOR_TEXT:
+        return ACTOR_TEXT[user_id]
+    name = names.get(user_id)
+    return f"{name}（{user_id}）" if name and name != user_id else user_id
+
+
+def audit_text(action: str, target: str, detail: dict[str, Any]) -> str:
+    """One admin action as a Chinese phrase (the audit row's detail is a dict written by QuotaBook/JobQueue)."""
+    why = f"，原因：{detail['reason']}" if detail.get("reason") else ""
+    if action == "set":
+        return f"把 {target} 的额度设为 {detail.get('after')} 点（原来 {detail.get('before')} 点）{why}"
+    if action == "add":
+        applied, asked = detail.get("applied", 0), detail.get("requested", detail.get("applied", 0))
+        verb = f"给 {target} 加了 {applied} 点" if applied >= 0 else f"扣了 {target} {-applied} 点"
+        capped = f"（要求 {asked:+d}，余额不够扣）" if asked != applied else ""
+        return f"{verb}{capped}，{detail.get('before')} → {detail.get('after')} 点{why}"
+    if action == "reset":
+        return f"把 {target} 的额度恢复为每日额度，{detail.get('before')} → {detail.get('after')} 点"
+    if action == "ban":
+        return f"暂停了 {target} 使用视频生成{'（之前已暂停）' if detail.get('already') else ''}{why}"
+    if action == "unban":
+        return f"恢复了 {target} 使用视频生成{'' if detail.get('was_banned', True) else '（之前未暂停）'}"
+    if action == "cancel":
+        state = STATE_TEXT.get(str(detail.get("was", "")), "")
+        return f"取消了 {target} 的任务 #{detail.get('job_id')}{f'（{state}）' if state else ''}{why}"
+    rest = "，".join(f"{k} {v}" for k, v in detail.items())
+    return f"{action} {target}{f'（{rest}）' if rest else ''}"
 
 
 def split_value(tokens: tuple[str, ...]) -> tuple[int, str]:
@@ -47,7 +97,7 @@ class QuotaPlugin(Plugin):
     description = "额度查询与管理"
     settings_section = "quota"
 
-    @command("quota", aliases=("额度",), usage="/额度", help="查看您的剩余额度、今日用量和重置时间",
+    @command("quota", aliases=("额度",), usage="/额度", help="查看你的剩余额度、今日用量和重置时间",
              target="optional")
     async def quota(self, ctx: PluginContext, call: CommandCall) -> None:
         message = call.message
@@ -55,7 +105,7 @@ class QuotaPlugin(Plugin):
         prefix = ""
         if call.target is not None:
             user_id = call.target
-            prefix = f"用户 {user_id}："
+            prefix = f"用户 {who(user_id, ctx.queue.latest_user_names())}："
         else:
             ctx.quota.ensure_user(user_id, message.chat_id if message.is_group else None)
         settings = self.section(ctx)
@@ -65,12 +115,12 @@ class QuotaPlugin(Plugin):
         lines = [
             f"{prefix}剩余额度 {ctx.quota.balance(user_id)} 点，今日已用 {max(0, spent)} 点。",
             f"额度将在{reset}重置。",
-            "费用：" + "；".join(
-                f"{res} {sec}秒 {units} 点" for res, table in settings.costs.items() for sec, units in table.items()
+            "费用：" + "；".join(  # only what the configured model makes
+                f"{res} {sec}秒 {ctx.quota.cost_for(res, sec)} 点" for res, sec in ctx.settings.offered()
             ),
         ]
         if ctx.quota.is_banned(user_id):
-            lines.append("（已被管理员暂停使用）")
+            lines.append("（已被管理员暂停使用，如有疑问请联系管理员）")
         await ctx.reply(message, "\n".join(lines))
 
     @command("setquota", aliases=("设置额度",), usage="/设置额度 @用户 数量 [原因]", help="把用户额度设为指定值", admin_only=True, target="required")
@@ -86,7 +136,8 @@ class QuotaPlugin(Plugin):
             return
         ctx.quota.set_balance(call.message.sender_id, target, value, reason=reason)
         log.info("admin %s set quota of %s to %s", call.message.sender_id, target, value)
-        await ctx.reply(call.message, f"已把 {target} 的额度设为 {ctx.quota.balance(target)} 点。")
+        name = who(target, ctx.queue.latest_user_names())
+        await ctx.reply(call.message, f"已把 {name} 的额度设为 {ctx.quota.balance(target)} 点。")
 
     @command("addquota", aliases=("加额度", "增加额度"), usage="/加额度 @用户 数量 [原因]", help="给用户增加（负数为扣减）额度", admin_only=True, target="required")
     async def add_quota(self, ctx: PluginContext, call: CommandCall) -> None:
@@ -98,14 +149,16 @@ class QuotaPlugin(Plugin):
             return
         ctx.quota.add(call.message.sender_id, target, delta, reason=reason)
         log.info("admin %s added %s to %s", call.message.sender_id, delta, target)
-        await ctx.reply(call.message, f"已为 {target} 调整 {delta:+d} 点，当前 {ctx.quota.balance(target)} 点。")
+        name = who(target, ctx.queue.latest_user_names())
+        await ctx.reply(call.message, f"已为 {name} 调整 {delta:+d} 点，当前 {ctx.quota.balance(target)} 点。")
 
     @command("resetquota", aliases=("重置额度",), usage="/重置额度 @用户", help="把用户额度恢复为每日额度", admin_only=True, target="required")
     async def reset_quota(self, ctx: PluginContext, call: CommandCall) -> None:
         target = call.target or ""
         ctx.quota.reset_user(call.message.sender_id, target)
         log.info("admin %s reset quota of %s", call.message.sender_id, target)
-        await ctx.reply(call.message, f"已把 {target} 的额度恢复为 {ctx.quota.balance(target)} 点。")
+        name = who(target, ctx.queue.latest_user_names())
+        await ctx.reply(call.message, f"已把 {name} 的额度恢复为 {ctx.quota.balance(target)} 点。")
 
     @command("ban", aliases=("封禁",), usage="/封禁 @用户 [原因]", help="暂停用户使用视频生成", admin_only=True, target="required")
     async def ban(self, ctx: PluginContext, call: CommandCall) -> None:
@@ -115,28 +168,29 @@ class QuotaPlugin(Plugin):
             return
         ctx.quota.ban(call.message.sender_id, target, reason=" ".join(rest))
         log.info("admin %s banned %s", call.message.sender_id, target)
-        await ctx.reply(call.message, f"已暂停 {target} 使用视频生成。")
+        await ctx.reply(call.message, f"已暂停 {who(target, ctx.queue.latest_user_names())} 使用视频生成。")
 
     @command("unban", aliases=("解封",), usage="/解封 @用户", help="恢复用户使用视频生成", admin_only=True, target="required")
     async def unban(self, ctx: PluginContext, call: CommandCall) -> None:
         target = call.target or ""
         ctx.quota.unban(call.message.sender_id, target)
         log.info("admin %s unbanned %s", call.message.sender_id, target)
-        await ctx.reply(call.message, f"已恢复 {target} 使用视频生成。")
+        await ctx.reply(call.message, f"已恢复 {who(target, ctx.queue.latest_user_names())} 使用视频生成。")
 
     @command("ledger", aliases=("流水",), usage="/流水 @用户", help="查看用户的额度流水（每一笔增减）", admin_only=True, target="required")
     async def ledger(self, ctx: PluginContext, call: CommandCall) -> None:
         target = call.target or ""
         tz = self.section(ctx).timezone
         rows = ctx.quota.history(target, limit=20)
+        names = ctx.queue.latest_user_names()
         if not rows:
-            await ctx.reply(call.message, f"{target} 还没有任何额度记录。")
+            await ctx.reply(call.message, f"{who(target, names)} 还没有任何额度记录（还没用过小爱）。")
             return
-        lines = [f"{target} 的额度流水（最近 {len(rows)} 条）："]
+        lines = [f"{who(target, names)} 的额度流水（最近 {len(rows)} 条）："]
         for row in rows:
             extra = f" 任务#{row.job_id}" if row.job_id else ""
-            actor = f" 由 {row.actor_id}" if row.actor_id else ""
-            reason = f" {row.reason}" if row.reason else ""
+            actor = f" 由 {who(row.actor_id, names)}" if row.actor_id else ""
+            reason = f" {reason_text(row.reason)}" if row.reason else ""
             lines.append(
                 f"{_fmt_ts(row.ts, tz)} {KIND_TEXT.get(row.kind, row.kind)} {row.delta:+d} → {row.balance_after}"
                 f"{extra}{actor}{reason}"
@@ -150,7 +204,10 @@ class QuotaPlugin(Plugin):
         if not rows:
             await ctx.reply(call.message, "还没有管理操作记录。")
             return
+        names = ctx.queue.latest_user_names()
         lines = ["最近的管理操作："]
         for row in rows:
-            lines.append(f"{_fmt_ts(row.ts, tz)} {row.actor_id} {row.action} {row.target_id} {row.detail}")
+            detail = row.detail if isinstance(row.detail, dict) else {}
+            lines.append(f"{_fmt_ts(row.ts, tz)} {who(row.actor_id, names)} "
+                         f"{audit_text(row.action, who(row.target_id, names), detail)}")
         await ctx.reply(call.message, "\n".join(lines))

@@ -7,6 +7,7 @@ import io
 import os
 import queue
 import re
+import shutil
 import signal
 import subprocess
 import sys
@@ -23,7 +24,9 @@ import yaml
 from PIL import Image, ImageDraw
 
 REPO = Path(__file__).resolve().parents[1]
-CHROMIUM = os.environ.get("XIAOAI_CHROMIUM", "/usr/bin/chromium")
+# $XIAOAI_CHROMIUM, else Debian's chromium, else Ubuntu's chromium-browser (what README's Quickstart installs)
+CHROMIUM = os.environ.get("XIAOAI_CHROMIUM") or next(
+    (found for name in ("chromium", "chromium-browser") if (found := shutil.which(name))), "/usr/bin/chromium")
 CHROMIUM_ARGS = [
     "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
     "--disable-background-networking", "--disable-component-update", "--disable-sync",
@@ -149,7 +152,7 @@ def require_chromium() -> str:
     if not Path(CHROMIUM).exists():
         pytest.fail(
             f"chromium not found at {CHROMIUM}: the browser tests need Debian's chromium "
-            "(`apt-get install -y chromium`, as .ci/run does; or set XIAOAI_CHROMIUM). "
+            "(`apt-get install -y chromium fonts-noto-cjk`, as README's Quickstart does; or set XIAOAI_CHROMIUM). "
             "Do not run `playwright install`.",
             pytrace=False,
         )

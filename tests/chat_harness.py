@@ -65,7 +65,8 @@ class Harness:
 
 def make_settings(tmp_path: Path, **sections: dict[str, Any]) -> Settings:
     data: dict[str, Any] = {
-        "bot": {"admins": [ADMIN], "data_dir": str(tmp_path / "data"), "flood_user_max": 50},
+        # image_caption_wait_s 0: an image answering an empty /视频 makes its job at once (tests of the wait set it)
+        "bot": {"admins": [ADMIN], "data_dir": str(tmp_path / "data"), "flood_user_max": 50, "image_caption_wait_s": 0},
         "storage": {"db_path": str(tmp_path / "xiaoai.db")},
         "worker": {"output_dir": str(tmp_path / "videos"), "generator": "synthetic"},
     }

@@ -10,12 +10,9 @@ import hashlib
 import json
 import logging
 import stat
-import subprocess
-from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
-import imageio_ffmpeg
 import pytest
 
 from bot.channel import Channel, ChannelStartError, DeliveryDeferred, DeliveryError, capabilities_of
@@ -24,6 +21,7 @@ from bot.channels.clawbot.crypto import decrypt, encrypt, padded_size, parse_aes
 from bot.channels.clawbot.login import login
 from bot.channels.clawbot.settings import ClawbotSettings, client_version_number
 from bot.messages import ChatKind, Message, OutgoingText, OutgoingVideo
+from tests._async_media import eventually, make_mp4, run
 from tests.fakes.clawbot_fake import ClawbotFake
 
 ALICE = "o9cq-alice@im.wechat"
@@ -31,28 +29,8 @@ BOB = "o9cq-bob@im.wechat"
 
 
 # ---------------------------------------------------------------------- helpers
-def run(factory: Callable[[], Awaitable[Any]], timeout: float = 40.0) -> Any:
-    async def guarded() -> Any:
-        return await asyncio.wait_for(factory(), timeout)
-
-    return asyncio.run(guarded())
 
 
-async def eventually(predicate: Callable[[], bool], timeout: float = 10.0, what: str = "condition") -> None:
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + timeout
-    while not predicate():
-        if loop.time() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        await asyncio.sleep(0.01)
-
-
-def make_mp4(path: Path, seconds: float = 0.5) -> Path:
-    cmd = [imageio_ffmpeg.get_ffmpeg_exe(), "-y", "-hide_banner", "-loglevel", "error", "-f", "lavfi", "-i",
-           f"testsrc2=size=96x64:rate=10:duration={seconds}", "-c:v", "libx264", "-preset", "ultrafast",
-           "-pix_fmt", "yuv420p", "-movflags", "+faststart", str(path)]  # fmt: skip
-    subprocess.run(cmd, check=True)
-    return path
 
 
 def sha(data: bytes) -> str:
@@ -248,7 +226,7 @@ def test_images_quotes_and_size_limit(tmp_path: Path) -> None:
 # ---------------------------------------------------------------------- sending
 def test_send_video_encrypted_upload_then_caption_and_idempotent(tmp_path: Path) -> None:
     state = tmp_path / "clawbot"
-    mp4 = make_mp4(tmp_path / "out.mp4")
+    mp4 = make_mp4(tmp_path / "out.mp4", seconds=0.5, size="96x64", fps=10)
     digest = sha(mp4.read_bytes())
 
     async def scenario() -> None:
@@ -313,7 +291,7 @@ def test_ten_sends_per_inbound_window_and_unknown_user(tmp_path: Path) -> None:
             assert fake.calls["sendmessage"] == calls == 10, "the 11th send must not reach the server"
             assert fake.sends_for(ALICE) == 10 and fake.refused == []
             # a video needs room for video + caption: deferred up front, nothing uploaded
-            mp4 = make_mp4(tmp_path / "v.mp4")
+            mp4 = make_mp4(tmp_path / "v.mp4", seconds=0.5, size="96x64", fps=10)
             with pytest.raises(DeliveryDeferred):
                 await channel.send_video(OutgoingVideo(chat_id=msg.chat_id, video_path=str(mp4), caption="c",
                                                        meta={"job_id": "jq"}))  # fmt: skip
@@ -335,7 +313,7 @@ def test_ten_sends_per_inbound_window_and_unknown_user(tmp_path: Path) -> None:
 
 def test_ret_minus_2_defers_until_the_user_writes_again(tmp_path: Path) -> None:
     state = tmp_path / "clawbot"
-    mp4 = make_mp4(tmp_path / "out.mp4")
+    mp4 = make_mp4(tmp_path / "out.mp4", seconds=0.5, size="96x64", fps=10)
 
     async def scenario() -> None:
         async with ClawbotFake(hold_s=0.2) as fake:
@@ -365,7 +343,7 @@ def test_ret_minus_2_defers_until_the_user_writes_again(tmp_path: Path) -> None:
 
 def test_caption_failure_retry_sends_only_the_caption(tmp_path: Path) -> None:
     state = tmp_path / "clawbot"
-    mp4 = make_mp4(tmp_path / "out.mp4")
+    mp4 = make_mp4(tmp_path / "out.mp4", seconds=0.5, size="96x64", fps=10)
 
     async def scenario() -> None:
         async with ClawbotFake(hold_s=0.2) as fake:
@@ -404,7 +382,7 @@ def test_caption_failure_retry_sends_only_the_caption(tmp_path: Path) -> None:
 
 def test_maybe_delivered_video_is_never_sent_again(tmp_path: Path) -> None:
     state = tmp_path / "clawbot"
-    mp4 = make_mp4(tmp_path / "out.mp4")
+    mp4 = make_mp4(tmp_path / "out.mp4", seconds=0.5, size="96x64", fps=10)
 
     async def scenario() -> None:
         async with ClawbotFake(hold_s=0.2) as fake:
@@ -524,7 +502,7 @@ def test_network_errors_back_off_and_recover(tmp_path: Path) -> None:
 
 def test_secrets_never_logged(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
     state = tmp_path / "clawbot"
-    mp4 = make_mp4(tmp_path / "out.mp4")
+    mp4 = make_mp4(tmp_path / "out.mp4", seconds=0.5, size="96x64", fps=10)
     caplog.set_level(logging.DEBUG)
     errors: list[str] = []
 

@@ -191,7 +191,7 @@ def test_quota_actions_write_the_same_ledger_and_audit_as_the_chat_commands(web:
     assert ledger["balance"] == web.settings.quota.daily and len(ledger["rows"]) == 5
     # the admin's /审计 in the chat lists the dashboard's actions too
     web.say(ADMIN_ID, "/审计")
-    assert f"{DASHBOARD_ACTOR} reset {MING}" in web.bot_texts()[-1]
+    assert f"管理后台 把 {MING} 的额度恢复为每日额度" in web.bot_texts()[-1]  # the audit in Chinese
 
 
 def test_ban_from_dashboard_refuses_admins_and_blocks_video(web: Web) -> None:
@@ -404,3 +404,99 @@ def test_playground_settings_and_secrets() -> None:
     assert generated and len(token) >= 24
     with pytest.raises(PlaygroundError, match="too short"):
         dashboard_token({"XIAOAI_DASHBOARD_TOKEN": "abc"})
+
+
+# ------------------------------------------------------------------------------ the first hour of a new user
+def test_favicon_is_served_and_every_page_links_it(web: Web) -> None:
+    icon = web.client.get("/favicon.ico")
+    assert icon.status_code == 200 and icon.headers["content-type"].startswith("image/svg+xml")
+    assert b"<svg" in icon.content
+    assert web.client.get("/static/favicon.svg").status_code == 200
+    pages = [web.client.get("/"), web.client.get("/dashboard"), web.client.get("/dashboard", headers=BEARER)]
+    for page in pages:
+        assert 'rel="icon" href="/static/favicon.svg"' in page.text, page.text[:300]
+
+
+def test_image_refusals_say_the_image_was_the_problem(web: Web) -> None:
+    """The page drops a refused picture (it would otherwise ride along with, and block, every later message)."""
+    for upload in (("notes.txt", b"hello", "text/plain"), ("fake.png", b"\x89PNG but not really" * 50, "image/png"),
+                   ("tiny.png", png((8, 8)), "image/png")):
+        response = web.say(MING, "/帮助", upload)
+        assert response.status_code == 415 and response.json()["field"] == "image", response.text
+    assert "field" not in web.say(MING, "   ").json()  # not about the picture: nothing to drop
+    assert web.say(MING, "/帮助").status_code == 200
+
+
+def test_dashboard_forms_are_validated_on_the_server(web: Web) -> None:
+    post = lambda path, body: web.client.post(path, json=body, headers=BEARER)  # noqa: E731
+    web.say(MING, "/额度")
+    balance, rows, audit = web.quota.balance(MING), len(web.quota.history(MING, limit=100)), web.quota.audit_log()
+    refused = [
+        ("/api/dashboard/quota", {"user_id": MING, "op": "set", "value": ""}, "请填写数量"),  # the 设为 bug
+        ("/api/dashboard/quota", {"user_id": MING, "op": "set", "value": "  "}, "请填写数量"),
+        ("/api/dashboard/quota", {"user_id": MING, "op": "set"}, "请填写数量"),
+        ("/api/dashboard/quota", {"user_id": MING, "op": "add", "value": None}, "请填写数量"),
+        ("/api/dashboard/quota", {"user_id": MING, "op": "set", "value": "1.5"}, "整数"),
+        ("/api/dashboard/quota", {"user_id": MING, "op": "set", "value": 1.5}, "整数"),
+        ("/api/dashboard/quota", {"user_id": MING, "op": "set", "value": True}, "整数"),
+        ("/api/dashboard/quota", {"user_id": MING, "op": "set", "value": 10_000_000}, "太大"),
+        ("/api/dashboard/quota", {"user_id": MING, "op": "add", "value": 0}, "不会有变化"),
+        ("/api/dashboard/quota", {"user_id": MING, "op": "set", "value": 3, "reason": "x" * 201}, "原因太长"),
+        ("/api/dashboard/quota", {"user_id": MING, "op": "set", "value": 3, "reason": 7}, "原因需要是文字"),
+        ("/api/dashboard/quota", {"user_id": "", "op": "reset"}, "请先选择用户"),
+        ("/api/dashboard/ban", {"user_id": MING}, "banned"),  # a body without the flag bans nobody
+        ("/api/dashboard/ban", {"user_id": MING, "banned": "yes"}, "banned"),
+        ("/api/dashboard/ban", {"user_id": MING, "banned": True, "reason": "x" * 201}, "原因太长"),
+        ("/api/dashboard/cancel", {"job_id": 0}, "job_id"),
+        ("/api/dashboard/cancel", {"job_id": "one"}, "job_id"),
+    ]
+    for path, body, error in refused:
+        response = post(path, body)
+        assert response.status_code == 400 and error in response.json()["error"], (path, body, response.text)
+    for path, body in (("/api/dashboard/quota", {"user_id": "wxid_nobody", "op": "set", "value": 3}),
+                       ("/api/dashboard/ban", {"user_id": "wxid_nobody", "banned": True})):
+        response = post(path, body)
+        assert response.status_code == 404 and "没有这个用户" in response.json()["error"]
+    assert web.quota.balance(MING) == balance and len(web.quota.history(MING, limit=100)) == rows
+    assert web.quota.audit_log() == audit and not web.quota.is_banned(MING)
+    assert web.quota.balance("wxid_nobody") is None or web.quota.history("wxid_nobody") == []
+    # an empty login form is told what to type
+    login = web.client.post("/dashboard/login", data={"token": "  "})
+    assert login.status_code == 400 and "请输入管理令牌" in login.text
+    # valid requests still work; the playground member who has not spoken yet counts as known
+    assert post("/api/dashboard/quota", {"user_id": MING, "op": "set", "value": "4"}).json()["balance"] == 4
+    assert post("/api/dashboard/quota", {"user_id": HONG, "op": "add", "value": -1}).status_code == 200
+
+
+def test_cpu_runs_are_not_labelled_gpu(web: Web, monkeypatch: pytest.MonkeyPatch) -> None:
+    import torch
+
+    from bot.executors.base import PoolView
+    from bot.executors.status import ActorStatus
+    from bot.web import dashboard
+
+    def device(generator: str, name: str) -> tuple[str, str]:
+        return dashboard.generation_device(Settings.model_validate(
+            {"worker": {"generator": generator}, "generation": {"device": name}}))
+
+    assert device("synthetic", "cuda")[0] == "cpu"
+    assert device("pyramid_flow", "cpu") == ("cpu", "CPU")
+    assert device("pyramid_flow", "cuda:1") == ("cuda", "GPU（cuda:1）")
+    assert device("pyramid_flow", "auto")[0] == ("cuda" if torch.cuda.is_available() else "cpu")
+    monkeypatch.setattr(dashboard, "_cuda_present", lambda: False)
+    assert device("pyramid_flow", "auto") == ("cpu", "CPU")
+    monkeypatch.setattr(dashboard, "_cuda_present", lambda: True)
+    assert device("pyramid_flow", "auto") == ("cuda", "GPU（cuda）")
+    monkeypatch.setattr(dashboard, "_cuda_present", lambda: False)
+
+    class LocalExecutor:  # what bot.executors.local reports: the configured device string as "gpu"
+        def view(self) -> PoolView:
+            return PoolView(kind="local", cluster=None, process_alive=True,
+                            actors=[ActorStatus(name="gpu-worker", incarnation=0, state="idle", gpu="auto")])
+
+    web.deps.executor = LocalExecutor()
+    worker = web.client.get("/api/dashboard/state", headers=BEARER).json()["worker"]
+    assert worker["device_kind"] == "cpu" and "GPU" not in worker["device_label"]
+    assert [a["device_label"] for a in worker["actors"]] == [worker["device_label"]]
+    page = web.client.get("/dashboard", headers=BEARER).text
+    assert "生成进程 / GPU" not in page

@@ -12,7 +12,7 @@ import pytest
 
 from bot.prompts import PromptPipeline, PromptSettings
 from bot.prompts.devtools import ChatCompletionsServer, Reply
-from bot.prompts.httpclient import UrllibHttpClient
+from bot.prompts.httpclient import HttpxClient
 from bot.prompts.translate.base import TranslationError
 from bot.prompts.translate.openai_compat import (
     OpenAICompatTranslator,
@@ -32,7 +32,7 @@ def _translator(base_url: str, **kw: object) -> OpenAICompatTranslator:
         "base_url": base_url,
         "model": "qwen-mt",
         "api_key": "sk-test",
-        "http_client": UrllibHttpClient(),
+        "http_client": HttpxClient(),
         "timeout_s": 0.5,
         "retries": 1,
         "retry_backoff_s": 0.01,

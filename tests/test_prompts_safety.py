@@ -9,7 +9,7 @@ import logging
 import pytest
 
 from bot.prompts.devtools import ChatCompletionsServer, Reply
-from bot.prompts.httpclient import UrllibHttpClient
+from bot.prompts.httpclient import HttpxClient
 from bot.prompts.safety import (
     HttpModerator,
     ModerationError,
@@ -146,7 +146,7 @@ def test_http_moderator_against_local_endpoint() -> None:
 
     async def run(server: ChatCompletionsServer) -> None:
         mod = HttpModerator(
-            server.base_url + "/moderations", http_client=UrllibHttpClient(), api_key="k", timeout_s=0.5
+            server.base_url + "/moderations", http_client=HttpxClient(), api_key="k", timeout_s=0.5
         )
         server.push(Reply(kind="json", body=flagged), Reply(kind="json", body=clean))
         first = await mod.check("x")

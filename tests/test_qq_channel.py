@@ -3,22 +3,20 @@
 from __future__ import annotations
 
 import asyncio
-import hashlib
 import logging
-import subprocess
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
-import imageio_ffmpeg
 import pytest
 
 from bot.channel import Channel, ChannelStartError, DeliveryDeferred, DeliveryError, capabilities_of
 from bot.channels.qq import DEFERRED_HINT, SECRET_ENV, QQChannel, QQSettings
 from bot.channels.qq.gateway import GatewayState
 from bot.messages import ChatKind, Message, OutgoingText, OutgoingVideo
+from tests._async_media import eventually, make_mp4, run, sha256
 from tests.fakes.qq_fake import ManualClock, QQFake
 
 APP_ID = "102030405"
@@ -30,36 +28,10 @@ GROUP_CHAT = f"qq:group:{GROUP}"
 PNG = b"\x89PNG\r\n\x1a\n" + bytes(range(256)) * 8
 
 
-def run(factory: Callable[[], Awaitable[Any]], timeout: float = 40.0) -> Any:
-    async def guarded() -> Any:
-        return await asyncio.wait_for(factory(), timeout)
-
-    return asyncio.run(guarded())
 
 
-async def eventually(predicate: Callable[[], bool], timeout: float = 5.0, what: str = "condition") -> None:
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + timeout
-    while not predicate():
-        if loop.time() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        await asyncio.sleep(0.01)
 
 
-def make_mp4(path: Path, *, seconds: float = 1.0, size: str = "160x96", noise: bool = False) -> Path:
-    """A real H.264 MP4 made with the bundled ffmpeg."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    cmd = [imageio_ffmpeg.get_ffmpeg_exe(), "-y", "-hide_banner", "-loglevel", "error", "-f", "lavfi",
-           "-i", f"testsrc2=size={size}:rate=12:duration={seconds}"]  # fmt: skip
-    if noise:
-        cmd += ["-vf", "noise=alls=100:allf=t"]
-    cmd += ["-c:v", "libx264", "-preset", "ultrafast", "-pix_fmt", "yuv420p", "-movflags", "+faststart", str(path)]
-    subprocess.run(cmd, check=True)
-    return path
-
-
-def sha256(path: Path) -> str:
-    return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
 def settings_for(fake: QQFake, **overrides: Any) -> QQSettings:
@@ -527,6 +499,10 @@ def test_secret_and_tokens_never_reach_the_logs(tmp_path: Path) -> None:
     old_level = root.level
     root.addHandler(handler)
     root.setLevel(logging.DEBUG)
+    # the worst case: every library logs at DEBUG, whatever an earlier test's logging setup quietened
+    noisy = {name: logging.getLogger(name).level for name in ("httpx", "httpcore", "websockets", "bot")}
+    for name in noisy:
+        logging.getLogger(name).setLevel(logging.DEBUG)
     fakes: list[QQFake] = []
     reprs: list[str] = []
 
@@ -559,6 +535,8 @@ def test_secret_and_tokens_never_reach_the_logs(tmp_path: Path) -> None:
     finally:
         root.removeHandler(handler)
         root.setLevel(old_level)
+        for name, level in noisy.items():
+            logging.getLogger(name).setLevel(level)
     fake = fakes[0]
     assert len(fake.issued_tokens) >= 2 and len(fake.heartbeats) >= 2
     texts = [r.getMessage() + (logging.Formatter().formatException(r.exc_info) if r.exc_info else "")

@@ -213,7 +213,7 @@ async def test_cancel_by_number_own_jobs_and_admin_any_with_audit(tmp_path: Path
     await h.say("/取消 abc", **ALICE)
     assert "用法" in h.last_text()
     await h.say(f"/取消 #{dog.id}", **ALICE)  # not hers: nothing changes, and nothing is revealed
-    assert "没有找到您的任务" in h.last_text() and h.queue.get(dog.id).state is JobState.QUEUED
+    assert "没有找到你的任务" in h.last_text() and h.queue.get(dog.id).state is JobState.QUEUED
     await h.say(f"/取消 ＃{cat.id}", **ALICE)  # not the latest, full-width #
     assert f"已取消任务 #{cat.id}" in h.last_text()
     assert [j.state for j in h.jobs("wxid_alice")] == [JobState.CANCELLED, JobState.QUEUED]

@@ -3,16 +3,12 @@
 from __future__ import annotations
 
 import asyncio
-import hashlib
 import json
 import logging
 import socket
-import subprocess
-from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
-import imageio_ffmpeg
 import pytest
 
 from bot.channel import Channel, ChannelStartError, DeliveryError, ImageFetchError
@@ -22,6 +18,7 @@ from bot.channels.wecom.protocol import AckError, WecomConnection, open_socket
 from bot.channels.wecom.settings import SECRET_ENV, WecomSettings
 from bot.channels.wecom.upload import chunk_size_for, concurrency_for
 from bot.messages import ChatKind, Message, OutgoingText, OutgoingVideo
+from tests._async_media import eventually, make_mp4, run, sha256
 from tests.fakes.wecom_fake import ERR_AUTH, ERR_REQ_ID, WecomFake
 
 BOT = "aib-test-bot"
@@ -34,36 +31,10 @@ IMAGE = b"\x89PNG\r\n\x1a\n" + bytes(range(256)) * 9  # not a multiple of 32: pa
 
 
 # ---------------------------------------------------------------------------------------------- helpers
-def run(factory: Callable[[], Awaitable[Any]], timeout: float = 60.0) -> Any:
-    async def guarded() -> Any:
-        return await asyncio.wait_for(factory(), timeout)
-
-    return asyncio.run(guarded())
 
 
-async def eventually(predicate: Callable[[], bool], timeout: float = 5.0, what: str = "condition") -> None:
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + timeout
-    while not predicate():
-        if loop.time() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        await asyncio.sleep(0.01)
 
 
-def make_mp4(path: Path, *, seconds: float = 1.0, size: str = "160x96", noise: bool = False) -> Path:
-    """A real H.264 MP4 made with the bundled ffmpeg (noise makes it incompressible, hence large)."""
-    source = f"testsrc2=size={size}:rate=12:duration={seconds}"
-    cmd = [imageio_ffmpeg.get_ffmpeg_exe(), "-y", "-hide_banner", "-loglevel", "error", "-f", "lavfi", "-i", source]
-    if noise:
-        cmd += ["-vf", "noise=alls=100:allf=t"]
-    cmd += ["-c:v", "libx264", "-preset", "ultrafast", "-crf", "10" if noise else "23", "-pix_fmt", "yuv420p",
-            "-movflags", "+faststart", str(path)]  # fmt: skip
-    subprocess.run(cmd, check=True)
-    return path
-
-
-def sha256(path: Path) -> str:
-    return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
 def settings(fake: WecomFake | None, **overrides: Any) -> WecomSettings:
@@ -438,7 +409,7 @@ def test_send_video_chunked_upload_then_video_and_caption(tmp_path: Path) -> Non
 
 
 def test_large_video_is_reencoded_or_sent_as_file(tmp_path: Path) -> None:
-    video = make_mp4(tmp_path / "noise.mp4", seconds=1.0, noise=True)
+    video = make_mp4(tmp_path / "noise.mp4", seconds=1.0, noise=True, crf=10)
     size = video.stat().st_size
     assert size > 100_000
 
@@ -463,7 +434,7 @@ def test_large_video_is_reencoded_or_sent_as_file(tmp_path: Path) -> None:
 
 
 def test_reencode_ladder_is_deterministic(tmp_path: Path) -> None:
-    video = make_mp4(tmp_path / "src.mp4", seconds=1.0, noise=True)
+    video = make_mp4(tmp_path / "src.mp4", seconds=1.0, noise=True, crf=10)
     budget = video.stat().st_size // 3
     first = media.fit_video(video, tmp_path / "a", budget_bytes=budget)
     second = media.fit_video(video, tmp_path / "b", budget_bytes=budget)

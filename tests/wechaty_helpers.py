@@ -2,18 +2,15 @@
 
 from __future__ import annotations
 
-import asyncio
 import os
-import subprocess
-from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
-import imageio_ffmpeg
 import pytest
 
 from bot.channels.wechaty.adapter import WechatyChannel
 from bot.channels.wechaty.settings import PuppetConnection, WechatySettings
+from tests._async_media import eventually, make_mp4, run  # noqa: F401  (re-exported)
 
 TOKEN = "insecure_xiaoai_test_token"
 ROOM = "r-1@chatroom"
@@ -51,39 +48,3 @@ def make_channel(tmp: Path, port: int, *, host: str = "127.0.0.1", token: str | 
     return WechatyChannel(fast_settings(tmp, **overrides), PuppetConnection(host, port, token), bot_names=("小爱",))
 
 
-def run(coro_factory: Callable[[], Awaitable[Any]], timeout: float = 60.0) -> Any:
-    """Each test runs its own event loop (wechaty keeps loop-bound state)."""
-
-    async def guarded() -> Any:
-        return await asyncio.wait_for(coro_factory(), timeout)
-
-    return asyncio.run(guarded())
-
-
-async def eventually(predicate: Callable[[], bool], timeout: float = 10.0, what: str = "condition") -> None:
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + timeout
-    while not predicate():
-        if loop.time() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        await asyncio.sleep(0.02)
-
-
-def make_mp4(path: Path, *, seconds: float = 1.0, size: str = "160x96", bitrate: str | None = None,
-             pix_fmt: str = "yuv420p", faststart: bool = True, noise: bool = False, fps: int = 12) -> Path:  # fmt: skip
-    """A real H.264 MP4 made with the bundled ffmpeg (noise makes it incompressible, hence large)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    source = f"testsrc2=size={size}:rate={fps}:duration={seconds}"
-    cmd = [imageio_ffmpeg.get_ffmpeg_exe(), "-y", "-hide_banner", "-loglevel", "error", "-f", "lavfi", "-i", source]
-    if noise:
-        cmd += ["-vf", "noise=alls=100:allf=t"]
-    cmd += ["-c:v", "libx264", "-preset", "ultrafast", "-pix_fmt", pix_fmt]
-    if bitrate:
-        cmd += ["-b:v", bitrate, "-maxrate", bitrate, "-bufsize", bitrate]
-    else:
-        cmd += ["-crf", "23"]
-    if faststart:
-        cmd += ["-movflags", "+faststart"]
-    cmd += [str(path)]
-    subprocess.run(cmd, check=True)
-    return path

@@ -18,6 +18,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import logging
+import time
 from collections.abc import Awaitable, Callable, Iterable
 
 from bot.channel import (
@@ -59,6 +60,7 @@ class ChannelHub:
         self.failures: dict[str, str] = {}  # channel name -> why it could not start
         self.on_inbound: InboundHook | None = None  # called before the handler (wakes parked deliveries)
         self.on_alert: AlertSink | None = None
+        self.last_event: dict[str, float] = {}  # channel name -> wall time of its latest inbound message
 
     # ------------------------------------------------------------------ routing
     def channel_for(self, chat_id: str) -> Channel | None:
@@ -102,7 +104,7 @@ class ChannelHub:
             if hasattr(channel, "on_alert"):
                 channel.on_alert = self._alert_from(channel.name)  # type: ignore[attr-defined]
             try:
-                await asyncio.wait_for(channel.start(self._inbound(on_message)), self._start_timeout_s)
+                await asyncio.wait_for(channel.start(self._inbound(on_message, channel.name)), self._start_timeout_s)
             except ChannelStartError as exc:
                 self.failures[channel.name] = str(exc)
                 log.error("channel %s cannot start: %s", channel.name, exc)
@@ -124,8 +126,9 @@ class ChannelHub:
                 log.exception("error while stopping channel %s", channel.name)
         self.started = []
 
-    def _inbound(self, on_message: MessageHandler) -> MessageHandler:
+    def _inbound(self, on_message: MessageHandler, name: str = "") -> MessageHandler:
         async def handle(message: Message) -> None:
+            self.last_event[name] = time.time()
             if self.on_inbound is not None:
                 try:
                     await self.on_inbound(message)

@@ -7,7 +7,7 @@ import asyncio
 import logging
 from collections.abc import Awaitable, Callable
 
-from bot.executors.base import Executor
+from bot.executors.base import Executor, generator_down
 from bot.tasks import cancel_and_wait
 
 log = logging.getLogger(__name__)
@@ -34,6 +34,9 @@ class PoolAlerts:
         if notice == self._last:
             return None
         text = f"{ALERT_PREFIX}{notice}（发送 /资源池 查看详情）" if notice else RECOVERED_TEXT
+        if notice and (reason := generator_down(self.executor)):  # admins get the why and what to do
+            text = (f"{ALERT_PREFIX}⚠️ 视频生成不可用：{reason}。新的 /视频 会被婉拒（不扣额度），排队的任务在恢复后继续；"
+                    f"请查看生成进程的日志、修正 generation 配置后重启机器人。")
         previous, self._last = self._last, notice
         if notice is None and previous is None:
             return None

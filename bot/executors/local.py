@@ -6,8 +6,8 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from bot.executors.base import PoolView
-from bot.executors.status import ActorStatus
+from bot.executors.base import GeneratorWatch, PoolView, pool_notice
+from bot.executors.status import ActorStatus, PoolStore
 from bot.worker import WorkerConfig, WorkerSupervisor
 
 
@@ -23,9 +23,11 @@ class LocalExecutor:
         kwargs: dict[str, Any] = {} if target is None else {"target": target}
         self.supervisor = WorkerSupervisor(settings, clock=clock, **kwargs)
         self._started_at = clock()
+        self._watch = GeneratorWatch()  # is the generator down (its builds fail, the process keeps dying)?
 
     def start(self) -> None:
         self._started_at = self.clock()
+        self._watch = GeneratorWatch()
         self.supervisor.start()
 
     def stop(self) -> None:
@@ -50,16 +52,25 @@ class LocalExecutor:
             if running:
                 job_id, started = running[0].id, running[0].started_at
             done, busy = queue.finished_since(self._started_at)
+        health = PoolStore(queue.db, self.clock).generator_health() if queue is not None else None
+        down = self._watch.down_reason(health, self.supervisor.restarts, self.supervisor.child_id)
         alive = self.supervisor.alive
         gen = self.settings.generation
+        device = health.device if health is not None and health.device else self._device()
         actor = ActorStatus(
             name=self.supervisor.child_id or "local", incarnation=self.supervisor.restarts,
-            state="dead" if not alive else ("busy" if job_id is not None else "idle"),
+            state="dead" if not alive or down else ("busy" if job_id is not None else "idle"),
             node=f"本机 pid {self.supervisor.pid}" if self.supervisor.pid else "本机",
-            gpu=str(getattr(gen, "device", "") or ""), model=self._model(),
+            gpu=device, model=self._model(),
             variants=tuple(getattr(gen, "variant", "") and [gen.variant] or ()),
-            job_id=job_id, job_started_at=started, jobs_done=done, busy_s=busy, updated_at=self.clock())
-        return PoolView(kind="local", cluster=None, actors=[actor], process_alive=alive)
+            job_id=job_id, job_started_at=started, jobs_done=done, busy_s=busy, error=down, updated_at=self.clock())
+        return PoolView(kind="local", cluster=None, actors=[actor], process_alive=alive, down=down)
+
+    def _device(self) -> str:
+        """Where the worker generates before it reports it: the synthetic generator on the CPU."""
+        if self.settings.worker.generator == "synthetic":
+            return "cpu"
+        return str(getattr(self.settings.generation, "device", "") or "auto")
 
     def notice(self) -> str | None:
-        return None
+        return pool_notice(self.view())

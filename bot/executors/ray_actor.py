@@ -62,7 +62,8 @@ def model_label(spec: ActorSpec, generator: VideoGenerator, generation: Generati
 
 class GenerationActor:
     def __init__(self, name: str, spec: ActorSpec | dict[str, Any], worker: WorkerSettings | dict[str, Any],
-                 generation: GenerationSettings | dict[str, Any] | None) -> None:
+                 generation: GenerationSettings | dict[str, Any] | None, labels: dict[str, Any] | None = None,
+                 content_check: dict[str, Any] | None = None) -> None:
         setup_child_logging(f"actor {name} {os.getpid()}")
         started = time.monotonic()
         # The settings arrive as plain dicts and are validated here, against this host's code: a field added
@@ -72,6 +73,16 @@ class GenerationActor:
         generation = None if generation is None else GenerationSettings.model_validate(generation)
         self.name = name
         self.generator = build_actor_generator(spec, worker, generation)
+        # every video: the operator's content check, the AI label in the picture and the AIGC metadata
+        from generation.content_check import ContentCheckSettings
+        from generation.finisher import VideoFinisher
+        from generation.labels import LabelSettings
+
+        finisher = VideoFinisher.from_settings(
+            None if labels is None else LabelSettings.model_validate(labels),
+            None if content_check is None else ContentCheckSettings.model_validate(content_check))
+        finisher.check_ready()  # no CJK font: fail at start, never draw boxes
+        self.generator.finisher = finisher  # type: ignore[attr-defined]
         warm_up = getattr(self.generator, "warm_up", None)
         if callable(warm_up):
             warm_up()  # torch.compile before the dispatcher sees the actor as ready
@@ -126,7 +137,8 @@ class GenerationActor:
                 image_path.write_bytes(task["image"])
             request = GenerationRequest(prompt=task["prompt"], resolution=task["resolution"],
                                         duration_s=int(task["duration_s"]), seed=int(task["seed"]),
-                                        image_path=None if image_path is None else str(image_path))
+                                        image_path=None if image_path is None else str(image_path),
+                                        negative_prompt=task.get("negative_prompt") or None)
 
             def progress(p: Progress) -> None:
                 with self._lock:

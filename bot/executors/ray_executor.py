@@ -28,7 +28,9 @@ import importlib.util
 import logging
 import os
 import re
+import signal
 import socket
+import sys
 import threading
 import time
 from collections.abc import Callable
@@ -36,6 +38,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from bot.clips import merge_with_parent
 from bot.executors.base import PoolView, pool_notice
 from bot.executors.ray_actor import GenerationActor
 from bot.executors.settings import ActorSpec, ExecutorSettings
@@ -149,7 +152,8 @@ class RayDispatcher:
 
     def __init__(self, queue: JobQueue, store: PoolStore | None, ex: ExecutorSettings, worker: WorkerSettings,
                  generation: GenerationSettings | None, *, dispatcher_id: str, gcs_address: str | None = None,
-                 monotonic: Callable[[], float] = time.monotonic) -> None:
+                 monotonic: Callable[[], float] = time.monotonic, labels: Any = None,
+                 content_check: Any = None) -> None:
         import ray
 
         self.ray = ray
@@ -158,6 +162,11 @@ class RayDispatcher:
         self.ex = ex
         self.worker = worker
         self.generation = generation
+        # the operator's `labels` / `content_check` sections, handed to every actor (its finisher)
+        self.finish_sections = {
+            "labels": None if labels is None else labels.model_dump(mode="json"),
+            "content_check": None if content_check is None else content_check.model_dump(mode="json"),
+        }
         self.dispatcher_id = dispatcher_id
         self.monotonic = monotonic
         self.gcs_address = gcs_address or _current_gcs_address(ray)
@@ -208,7 +217,8 @@ class RayDispatcher:
         slot.incarnation += 1
         generation = None if self.generation is None else self.generation.model_dump(mode="json")
         slot.handle = self._actor_cls.options(**options).remote(
-            slot.name, spec.model_dump(mode="json"), self.worker.model_dump(mode="json"), generation)
+            slot.name, spec.model_dump(mode="json"), self.worker.model_dump(mode="json"), generation,
+            **self.finish_sections)
         slot.ready_ref = slot.handle.describe.remote()
         slot.state, slot.info, slot.serves = "starting", {}, []
         log.info("actor %s (incarnation %d) requested: %s", slot.name, slot.incarnation, options,
@@ -299,6 +309,7 @@ class RayDispatcher:
                 return
         task = {"job_id": job.id, "prompt": job.final_prompt or job.prompt, "resolution": job.resolution,
                 "duration_s": job.duration_s, "seed": job.seed, "image": image,
+                "negative_prompt": job.negative_prompt or None,
                 "image_suffix": Path(job.image_path).suffix if job.image_path else None}
         slot.job, slot.run_ref, slot.state = job, slot.handle.run.remote(task), "busy"
         slot.job_started, slot.job_started_wall, slot.last_renew = now, job.started_at, now
@@ -359,8 +370,11 @@ class RayDispatcher:
         status = result.get("status")
         if status == "ok":
             video, cover = self._write_output(job.id, result["video"], result.get("cover"))
+            label = str(result.get("label", ""))
+            if job.merge and job.parent_id:  # `/续写 #N 合并`: joined here, where both clips are
+                video, label = merge_with_parent(self.queue, job, Path(video), label)
             self.queue.complete(job.id, wid, str(video), None if cover is None else str(cover),
-                                float(result["seconds"]), str(result.get("label", "")))
+                                float(result["seconds"]), label)
             run_s = float(result.get("run_s", result["seconds"]))  # generation wall time inside the actor
             slot.jobs_done += 1
             slot.busy_s += run_s
@@ -503,6 +517,7 @@ def run_ray_dispatcher(settings: WorkerConfig, worker_id: str, stop: Any) -> Non
             continue
         try:
             connect_ray(ex)
+            _exit_once_on_sigterm()
             break
         except Exception as exc:
             _set_unreachable(store, ex, where, repr(exc))
@@ -511,7 +526,8 @@ def run_ray_dispatcher(settings: WorkerConfig, worker_id: str, stop: Any) -> Non
         store.set_cluster("ray", "stopped", "", where)
         return
     dispatcher = RayDispatcher(queue, store, ex, settings.worker, getattr(settings, "generation", None),
-                               dispatcher_id=worker_id)
+                               dispatcher_id=worker_id, labels=getattr(settings, "labels", None),
+                               content_check=getattr(settings, "content_check", None))
     store.set_cluster("ray", "ready", "", where)
     log.info("connected to Ray (%s) as %s; %d actor slots", where, worker_id, len(dispatcher.slots))
     try:
@@ -533,6 +549,22 @@ def run_ray_dispatcher(settings: WorkerConfig, worker_id: str, stop: Any) -> Non
         ray.shutdown()
     except Exception:
         log.exception("ray.shutdown failed")
+
+
+def _exit_once_on_sigterm() -> None:
+    """After `ray.init`: the first SIGTERM ends the driver (`ray.shutdown` then runs at exit and stops the local
+    Ray instance with its agents), later ones are ignored. Ray's own handler exits on every SIGTERM, and the
+    kernel may send the parent-death SIGTERM more than once (once per exiting thread of a killed bot): a second
+    exit inside `ray.shutdown` aborted it and left Ray's agent processes running."""
+    if threading.current_thread() is not threading.main_thread():
+        return
+
+    def on_sigterm(signum: int, frame: Any) -> None:
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
+        log.warning("SIGTERM: Ray dispatcher exits (pid %d)", os.getpid())
+        sys.exit(signum)
+
+    signal.signal(signal.SIGTERM, on_sigterm)
 
 
 def _set_unreachable(store: PoolStore, ex: ExecutorSettings, where: str, why: str) -> None:

@@ -18,11 +18,10 @@ from typing import Literal
 import sqlite_utils
 
 from bot.store.db import db_lock, transaction
+from bot.store.health import GeneratorHealth, HealthStore, generator_device, record_generator_build
 
 ClusterState = Literal["connecting", "ready", "unreachable", "lost", "stopped"]
 ActorState = Literal["starting", "idle", "busy", "dead"]
-
-
 
 
 @dataclass(frozen=True, slots=True)
@@ -56,7 +55,7 @@ class ActorStatus:
         return self.busy_s / self.jobs_done if self.jobs_done else None
 
 
-class PoolStore:
+class PoolStore(HealthStore):
     def __init__(self, db: sqlite_utils.Database, clock: Callable[[], float]) -> None:
         self.db = db
         self.clock = clock
@@ -103,3 +102,7 @@ class PoolStore:
                             gpu=r["gpu"], model=r["model"], variants=tuple(json.loads(r["variants"])),
                             job_id=r["job_id"], job_started_at=r["job_started_at"], jobs_done=r["jobs_done"],
                             busy_s=r["busy_s"], error=r["error"], updated_at=r["updated_at"]) for r in rows]
+
+
+__all__ = ["ActorStatus", "ClusterStatus", "GeneratorHealth", "PoolStore", "generator_device",
+           "record_generator_build"]

@@ -45,6 +45,10 @@ class JobSpec:
     seed: int
     image_path: str | None
     cost: int
+    model: str = ""  # `Settings.model_key()`: timings (ETA) are kept per model
+    negative_prompt: str = ""  # what the generator must avoid ('' = the generator's own default)
+    parent_id: int | None = None  # `/续写 #N`: the job whose last frame this one starts from
+    merge: bool = False  # `/续写 #N 合并`: join the parent's clip and this one into one MP4
 
 
 @dataclass(frozen=True, slots=True)
@@ -87,6 +91,10 @@ class Job:
     delivery_error: str | None = None
     deferred_at: float | None = None  # parked until the user writes again (the channel allowed no send)
     send_started_at: float | None = None  # the last video send began here (recorded before sending)
+    model: str = ""  # which model makes it (`Settings.model_key()`; '' for jobs of older versions)
+    negative_prompt: str = ""  # '' = the generator's own default (and every job of older versions)
+    parent_id: int | None = None  # `/续写`: the job this one continues
+    merge: bool = False  # `/续写 … 合并`: the result is the parent's clip followed by this one
 
     @classmethod
     def from_row(cls, row: dict[str, Any]) -> Job:
@@ -94,6 +102,10 @@ class Job:
         values["state"] = JobState(values["state"])
         values["cancel_requested"] = bool(values["cancel_requested"])
         values["notified"] = bool(values["notified"])
+        if "merge" in values:
+            values["merge"] = bool(values["merge"])
+        if values.get("negative_prompt") is None:
+            values.pop("negative_prompt", None)
         return cls(**values)
 
     @property
@@ -113,3 +125,4 @@ class SubmitOutcome:
     balance: int  # units left after this submit
     cost: int = 0
     pending: int = 0  # the user's queued+running jobs after this submit
+    eta_measured: bool = False  # the ETA rests on timings measured here (not on `queue.eta_defaults_s`)

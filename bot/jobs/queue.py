@@ -10,8 +10,9 @@ user, then that user's oldest job).
 Position and ETA: `position` is 1 + the number of jobs ahead in `snapshot()` (running jobs first), so 1
 means "running now or next". `eta_s` is the estimated time until the job is *finished*: the remaining
 time of the running jobs ahead, plus the expected duration of each queued job ahead, plus its own.
-Expected durations are the median of the last `queue.eta_history` finished jobs with the same
-resolution/duration (start → finish), else `queue.eta_defaults_s`. One worker is assumed.
+Expected durations are the median of the last `queue.eta_history` finished jobs of the same model
+(`JobSpec.model`) and resolution/duration (start → finish), else `queue.eta_defaults_s` (then the reply says
+the estimate is rough: `SubmitOutcome.eta_measured`). One worker is assumed.
 """
 
 from __future__ import annotations
@@ -20,13 +21,14 @@ import logging
 import statistics
 import time
 from collections.abc import Callable, Iterable
+from dataclasses import dataclass
 from typing import Any
 
 import sqlite_utils
 
 from bot.jobs.fairness import Pending, fair_order, sched_group
 from bot.jobs.models import Job, JobSpec, JobState, SubmitOutcome
-from bot.jobs.settings import QueueSettings
+from bot.jobs.settings import MODEL_ETA_DEFAULTS, QueueSettings
 from bot.store.db import db_lock, transaction
 from bot.store.quota import QuotaBook
 
@@ -34,8 +36,24 @@ log = logging.getLogger(__name__)
 
 Clock = Callable[[], float]
 
+# Upper bounds (seconds) of the generation-time histogram buckets (/metrics; `JobQueue.job_totals`).
+GENERATION_BUCKETS_S: tuple[float, ...] = (5, 10, 20, 30, 60, 120, 180, 300, 600, 900, 1200, 1800, 3600)
+
 LEASE_LOST_ERROR = "生成进程中断，已多次重试仍未完成"
 DELIVERY_GAVE_UP_ERROR = "视频已生成，但多次发送失败"
+
+
+@dataclass(frozen=True, slots=True)
+class JobTotal:
+    """Finished jobs of one kind (`JobQueue.job_totals`); `le` is the generation-seconds bucket ('' untimed)."""
+
+    state: str
+    error: str
+    resolution: str
+    model: str
+    le: str
+    jobs: int
+    seconds_sum: float
 
 
 class JobQueue:
@@ -162,15 +180,16 @@ class JobQueue:
             pending = self.pending_count(spec.user_id)
         job = self.get(job_id) if job_id is not None else None
         position = eta = None
+        measured = False
         if with_place and job is not None and job.is_pending:
-            position, eta = self.place(job.id)
+            position, eta, measured = self.place_detail(job.id)
         log.info(
             "submit message=%s user=%s status=%s job=%s cost=%d balance=%d",
             spec.message_id, spec.user_id, status, job_id, spec.cost, balance,
             extra={"user_id": spec.user_id, "job_id": job_id, "message_id": spec.message_id},
         )
         return SubmitOutcome(status=status, job=job, position=position, eta_s=eta, balance=balance,  # type: ignore[arg-type]
-                             cost=spec.cost, pending=pending)
+                             cost=spec.cost, pending=pending, eta_measured=measured)
 
     def _admit(self, spec: JobSpec, now: float) -> str:
         if self.quota.is_banned(spec.user_id):
@@ -185,11 +204,13 @@ class JobQueue:
     def _insert(self, spec: JobSpec, now: float) -> int:
         cur = self.db.execute(
             "INSERT INTO jobs (message_id, user_id, user_name, chat_id, chat_kind, group_id, sched_group, prompt, "
-            "final_prompt, resolution, duration_s, seed, image_path, cost, state, max_attempts, created_at) "
-            "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, 'queued', ?, ?)",
+            "final_prompt, resolution, duration_s, seed, image_path, cost, state, max_attempts, created_at, model, "
+            "negative_prompt, parent_id, merge) "
+            "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, 'queued', ?, ?, ?, ?, ?, ?)",
             [spec.message_id, spec.user_id, spec.user_name, spec.chat_id, str(spec.chat_kind), spec.group_id,
              sched_group(spec.group_id, spec.user_id), spec.prompt, spec.final_prompt, spec.resolution,
-             int(spec.duration_s), int(spec.seed), spec.image_path, int(spec.cost), self.settings.max_attempts, now],
+             int(spec.duration_s), int(spec.seed), spec.image_path, int(spec.cost), self.settings.max_attempts, now,
+             spec.model, spec.negative_prompt, spec.parent_id, int(spec.merge)],
         )
         return int(cur.lastrowid)
 
@@ -225,7 +246,7 @@ class JobQueue:
 
     def _ordered_light(self, until: int | None = None) -> list[dict[str, Any]]:
         """Like `snapshot()` (up to job `until`) but only the columns position/ETA need."""
-        cols = "id, state, resolution, duration_s, progress, started_at"
+        cols = "id, state, resolution, duration_s, progress, started_at, model"
         with db_lock(self.db):
             running = self._rows(f"SELECT {cols} FROM jobs WHERE state = 'running' ORDER BY started_at, id")
             queued, users, groups = self._pending_and_served()
@@ -235,17 +256,26 @@ class JobQueue:
 
     def place(self, job_id: int) -> tuple[int | None, float | None]:
         """(position, eta_s) of a pending job in one pass; (None, None) when it is not pending."""
+        position, eta, _ = self.place_detail(job_id)
+        return position, eta
+
+    def place_detail(self, job_id: int) -> tuple[int | None, float | None, bool]:
+        """`place` plus whether the ETA rests only on durations measured here (False when a default from
+        `queue.eta_defaults_s` went into it: the reply then says the estimate is rough)."""
         now = self.clock()
-        expected: dict[tuple[str, int], float] = {}
+        expected: dict[tuple[str, str, int], tuple[float, bool]] = {}
         total = 0.0
+        measured = True
         for index, row in enumerate(self._ordered_light(until=job_id)):
-            key = (row["resolution"], row["duration_s"])
+            key = (row["model"] or "", row["resolution"], row["duration_s"])
             if key not in expected:
-                expected[key] = self.expected_seconds(*key)
-            total += self._remaining(expected[key], row, now)
+                expected[key] = self._expected(key[1], key[2], key[0])
+            seconds, known = expected[key]
+            measured = measured and known
+            total += self._remaining(seconds, row, now)
             if row["id"] == job_id:
-                return index + 1, total
-        return None, None
+                return index + 1, total, measured
+        return None, None, False
 
     def position(self, job_id: int) -> int | None:
         return self.place(job_id)[0]
@@ -253,16 +283,33 @@ class JobQueue:
     def eta_s(self, job_id: int) -> float | None:
         return self.place(job_id)[1]
 
-    def expected_seconds(self, resolution: str, duration_s: int) -> float:
+    def expected_seconds(self, resolution: str, duration_s: int, model: str | None = None) -> float:
+        """Expected generation time of one job (of `model`, when given: timings are per model)."""
+        return self._expected(resolution, duration_s, model)[0]
+
+    def _expected(self, resolution: str, duration_s: int, model: str | None) -> tuple[float, bool]:
+        """(seconds, measured): the median of recent finished jobs of this model and size, else a default."""
+        where = "" if model is None else " AND model = ?"
         rows = self._rows(
             "SELECT finished_at - started_at AS s FROM jobs WHERE resolution = ? AND duration_s = ? "
-            "AND state IN ('succeeded', 'delivered') AND started_at IS NOT NULL AND finished_at IS NOT NULL "
-            "ORDER BY finished_at DESC LIMIT ?",
-            [resolution, duration_s, self.settings.eta_history],
+            "AND state IN ('succeeded', 'delivered') AND started_at IS NOT NULL AND finished_at IS NOT NULL"
+            f"{where} ORDER BY finished_at DESC LIMIT ?",
+            [resolution, duration_s, *([] if model is None else [model]), self.settings.eta_history],
         )
         if rows:
-            return float(statistics.median(max(0.0, r["s"]) for r in rows))
-        return self.settings.eta_defaults_s.get(f"{resolution}/{duration_s}", self.settings.eta_fallback_s)
+            return float(statistics.median(max(0.0, r["s"]) for r in rows)), True
+        return self._default_seconds(resolution, duration_s, model or ""), False
+
+    def _default_seconds(self, resolution: str, duration_s: int, model: str) -> float:
+        """`queue.eta_defaults_s` by `model:res/dur`, then `model`, then `res/dur`. The built-in entries of the
+        synthetic and tiny demo generators (seconds, not minutes) hold even when the config lists only sizes."""
+        table = self.settings.eta_defaults_s
+        keys = (f"{model}:{resolution}/{duration_s}", model) if model else ()
+        for source in (table, MODEL_ETA_DEFAULTS):
+            for key in keys:
+                if key in source:
+                    return float(source[key])
+        return float(table.get(f"{resolution}/{duration_s}", self.settings.eta_fallback_s))
 
     @staticmethod
     def _remaining(expected: float, row: dict[str, Any], now: float) -> float:
@@ -466,6 +513,12 @@ class JobQueue:
                               [user_id, *wanted])
         return [Job.from_row(r) for r in rows]
 
+    def latest_of(self, user_id: str, limit: int = 5) -> list[Job]:
+        """The user's newest `limit` jobs, newest first (`/我的视频`, `/重来`)."""
+        rows = self._rows("SELECT * FROM jobs WHERE user_id = ? ORDER BY created_at DESC, id DESC LIMIT ?",
+                          [user_id, limit])
+        return [Job.from_row(r) for r in rows]
+
     def counts(self) -> dict[str, int]:
         return {r["state"]: r["n"] for r in self._rows("SELECT state, COUNT(*) AS n FROM jobs GROUP BY state")}
 
@@ -595,3 +648,73 @@ class JobQueue:
                 return False
             self._refund(job, "delivery failed")
         return True
+
+    # ================================================================ retention and totals (bot.jobs.retention, /metrics)
+    def needed_files(self) -> tuple[set[int], set[str]]:
+        """(job ids, file paths) that must be kept: every job that is queued, running, succeeded but not yet
+        delivered, parked until its user writes (deferred) or still owes its user a failure note, with its
+        image, video and cover paths (as stored)."""
+        rows = self._rows(
+            "SELECT id, image_path, video_path, cover_path FROM jobs WHERE state IN ('queued', 'running', "
+            "'succeeded') OR deferred_at IS NOT NULL OR (state IN ('failed', 'cancelled') AND notified = 0)")
+        paths = {str(r[k]) for r in rows for k in ("image_path", "video_path", "cover_path") if r[k]}
+        return {int(r["id"]) for r in rows}, paths
+
+    _DONE = ("(state = 'delivered' OR (state IN ('failed', 'cancelled') AND notified = 1)) "
+             "AND deferred_at IS NULL")
+
+    def _totals(self, where: str, params: list[Any], buckets: Iterable[float]) -> list[JobTotal]:
+        bounds = sorted(float(b) for b in buckets)
+        case = "CASE WHEN seconds IS NULL THEN ''" + "".join(
+            f" WHEN seconds <= {b!r} THEN '{b!r}'" for b in bounds) + " ELSE '+Inf' END"
+        rows = self._rows(
+            f"SELECT state, COALESCE(error, '') AS error, resolution, COALESCE(model, '') AS model, {case} AS le, "
+            f"COUNT(*) AS jobs, COALESCE(SUM(seconds), 0) AS seconds_sum FROM jobs WHERE {where} "
+            "GROUP BY 1, 2, 3, 4, 5", params)
+        return [JobTotal(r["state"], r["error"], r["resolution"], r["model"], r["le"], int(r["jobs"]),
+                         float(r["seconds_sum"])) for r in rows]
+
+    def prune_finished(self, before: float, buckets: Iterable[float] = GENERATION_BUCKETS_S) -> int:
+        """Delete the rows of jobs that are over for good (delivered; failed or cancelled and told) and finished
+        before `before`; they are added to the totals (`job_rollup`) in the same transaction, so `job_totals`
+        never goes down. Returns how many rows were removed. Ledger rows naming them are kept."""
+        where = f"{self._DONE} AND COALESCE(finished_at, created_at) < ?"
+        with transaction(self.db):
+            gone = self._totals(where, [before], buckets)
+            for t in gone:
+                self.db.execute(
+                    "INSERT INTO job_rollup (state, error, resolution, model, le, jobs, seconds_sum) "
+                    "VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT (state, error, resolution, model, le) DO UPDATE SET "
+                    "jobs = jobs + excluded.jobs, seconds_sum = seconds_sum + excluded.seconds_sum",
+                    [t.state, t.error, t.resolution, t.model, t.le, t.jobs, t.seconds_sum])
+            cur = self.db.execute(f"DELETE FROM jobs WHERE {where}", [before])
+            removed = int(cur.rowcount)
+        if removed:
+            log.info("retention removed %d finished job rows older than %.0f", removed, before)
+        return removed
+
+    def job_totals(self, buckets: Iterable[float] = GENERATION_BUCKETS_S) -> list[JobTotal]:
+        """Every job that finished generating or stopped (succeeded, delivered, failed, cancelled), grouped by
+        (state, error, resolution, model, seconds bucket): the rows still here plus those retention removed."""
+        bounds = sorted(float(b) for b in buckets)
+        merged: dict[tuple[str, str, str, str, str], list[float]] = {}
+        live = self._totals("state IN ('succeeded', 'delivered', 'failed', 'cancelled')", [], bounds)
+        rolled = [JobTotal(r["state"], r["error"], r["resolution"], r["model"], _rebucket(r["le"], bounds),
+                           int(r["jobs"]), float(r["seconds_sum"]))
+                  for r in self._rows("SELECT * FROM job_rollup")]
+        for t in (*live, *rolled):
+            acc = merged.setdefault((t.state, t.error, t.resolution, t.model, t.le), [0, 0.0])
+            acc[0] += t.jobs
+            acc[1] += t.seconds_sum
+        return [JobTotal(*key, int(v[0]), float(v[1])) for key, v in sorted(merged.items())]
+
+
+def _rebucket(le: str, bounds: list[float]) -> str:
+    """A stored bucket bound mapped onto today's bounds (the smallest one that holds it)."""
+    if le in ("", "+Inf"):
+        return le
+    value = float(le)
+    for b in bounds:
+        if value <= b:
+            return repr(b)
+    return "+Inf"

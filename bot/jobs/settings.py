@@ -9,8 +9,15 @@ from pydantic import BaseModel, ConfigDict, Field
 
 
 def _default_eta() -> dict[str, float]:
-    # seconds per "resolution/duration" before any job has finished on this machine
-    return {"384p/5": 180.0, "384p/10": 360.0, "768p/5": 600.0, "768p/10": 1200.0}
+    # seconds per "resolution/duration" (a real checkpoint) before any job has finished on this machine;
+    # "model" or "model:resolution/duration" keys (model = `Settings.model_key()`) take precedence
+    return {"384p/5": 180.0, "384p/10": 360.0, "768p/5": 600.0, "768p/10": 1200.0, **MODEL_ETA_DEFAULTS}
+
+
+# The demo generators take seconds, not minutes (the tiny random-weight model measured on a laptop CPU).
+MODEL_ETA_DEFAULTS: dict[str, float] = {
+    "synthetic": 3.0, "tiny:384p/5": 10.0, "tiny:768p/5": 20.0, "tiny:768p/10": 60.0,
+}
 
 
 class QueueSettings(BaseModel):
@@ -50,3 +57,14 @@ class WorkerSettings(BaseModel):
     synthetic_fps: int = Field(default=8, ge=1)
     synthetic_width: int = Field(default=320, ge=16)
     synthetic_height: int = Field(default=192, ge=16)
+
+
+class RetentionSettings(BaseModel):
+    """Section `retention:` — what old data is removed, daily (`bot.jobs.retention`). Ledger and audit rows are
+    kept forever; nothing a queued, running, not yet delivered or parked job needs is ever removed."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    enabled: bool = True
+    keep_days: int = Field(default=30, ge=1)  # videos, covers, received images, finished job rows older than this
+    run_at: str = Field(default="04:30", pattern=r"^([01]\d|2[0-3]):[0-5]\d$")  # daily, local time (quota.timezone)

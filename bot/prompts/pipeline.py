@@ -15,7 +15,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 
 from bot.prompts.enhance import TemplateEnhancer
-from bot.prompts.httpclient import HttpClient, UrllibHttpClient
+from bot.prompts.httpclient import HttpClient, HttpxClient
 from bot.prompts.language import detect_language
 from bot.prompts.safety import (
     HttpModerator,
@@ -28,6 +28,7 @@ from bot.prompts.safety import (
     safe_refusal_message,
 )
 from bot.prompts.settings import DEFAULT_REFUSAL_MESSAGE, PromptSettings
+from bot.prompts.status import translator_status
 from bot.prompts.translate.base import Translator, translate_with_fallback
 from bot.prompts.translate.marian import MarianTranslator
 from bot.prompts.translate.openai_compat import OpenAICompatTranslator
@@ -56,6 +57,12 @@ class PreparedPrompt:
     def changed(self) -> bool:
         return not self.refused and self.final_prompt != self.original
 
+    @property
+    def english(self) -> bool:
+        """The final prompt is English: translated by a backend, or written in English. Untranslated
+        Chinese (every translator failed or none is configured) and other languages are not."""
+        return self.translator in ("marian", "openai") or (self.translator == "none" and self.language == "en")
+
     def echo_text(self) -> str:
         """Lines for the submit acknowledgement: the English prompt the model will see (so the user can
         check and correct it) and any warnings. Empty when there is nothing to show."""
@@ -63,7 +70,8 @@ class PreparedPrompt:
             return ""
         lines: list[str] = []
         if self.changed:
-            lines.append(f"模型提示词（英文）：{self.final_prompt}")
+            label = "模型提示词（英文）" if self.english else "模型提示词（未翻译）"
+            lines.append(f"{label}：{self.final_prompt}")
         lines += [f"⚠️ {note}" for note in self.notes]
         if self.changed:
             lines.append("不满意可用 /video -raw 英文提示词 原样提交。")
@@ -83,6 +91,7 @@ class PromptPipeline:
         clock: Callable[[], float] = time.time,
     ) -> None:
         self.settings = settings
+        self._own_http: HttpxClient | None = None
         self.translators = list(translators)
         self.enhancer = enhancer
         self.word_filter = word_filter
@@ -102,7 +111,8 @@ class PromptPipeline:
         moderator: Moderator | None = None,
     ) -> PromptPipeline:
         env = os.environ if environ is None else environ
-        http = http_client or UrllibHttpClient()
+        log.info("%s", translator_status(settings))  # which translator Chinese prompts really go through
+        http = http_client or HttpxClient()
         translators: list[Translator] = []
         for kind in settings.translator_chain():
             if kind == "marian":
@@ -145,7 +155,7 @@ class PromptPipeline:
                 model=mod.model,
                 timeout_s=mod.timeout_s,
             )
-        return cls(
+        pipeline = cls(
             settings,
             translators=translators,
             enhancer=TemplateEnhancer(settings.enhance) if settings.enhance.enabled else None,
@@ -154,6 +164,13 @@ class PromptPipeline:
             refusal_log=RefusalLog(refusal_sink),
             clock=clock or time.time,
         )
+        pipeline._own_http = http if http_client is None else None
+        return pipeline
+
+    async def aclose(self) -> None:
+        """Close the HTTP connection pool `from_settings` made (an injected client is its owner's)."""
+        if self._own_http is not None:
+            await self._own_http.aclose()
 
     async def warm_up(self) -> None:
         """Load local models ahead of the first prompt (call once at start-up; failures are logged)."""
@@ -200,8 +217,11 @@ class PromptPipeline:
         return prompt
 
     async def prepare(
-        self, text: str, *, raw: bool = False, user_id: str = "", chat_id: str = ""
+        self, text: str, *, raw: bool = False, user_id: str = "", chat_id: str = "", style: str = "",
+        enhance: bool = True,
     ) -> PreparedPrompt:
+        """`style`: a preset's English text (`风格=…`), appended before enhancement so the enhancer adds no
+        style of its own. `enhance=False` translates and checks only (a negative prompt)."""
         started = time.perf_counter()
         original = text.strip()
         lang = detect_language(original)
@@ -221,7 +241,7 @@ class PromptPipeline:
 
         translated: str | None = None
         if raw:
-            final = original
+            final = f"{original.rstrip(' ,.')}, {style}" if style else original
             result.translator = "raw"
         else:
             english = original
@@ -243,8 +263,13 @@ class PromptPipeline:
                         )
             elif lang.code == "other":
                 result.notes.append(OTHER_LANGUAGE_NOTE)
-            english = self._strip_suffix(english) or english
-            final = self.enhancer.enhance(english) if self.enhancer is not None else english
+            if not enhance:
+                final = english
+            else:
+                english = self._strip_suffix(english) or english
+                if style:
+                    english = f"{english.rstrip(' ,.。')}, {style}"
+                final = self.enhancer.enhance(english) if self.enhancer is not None else english
 
         if self.moderator is not None:
             try:
@@ -286,6 +311,11 @@ class PromptPipeline:
             extra={"user_id": user_id, "chat_id": chat_id, "translator": result.translator},
         )
         return result
+
+    async def prepare_negative(self, text: str, *, user_id: str = "", chat_id: str = "") -> PreparedPrompt:
+        """A user's negative prompt (`不要=模糊,变形`): the same safety checks and translation as a prompt, no
+        enhancement. The caller must not charge when `refused` is True."""
+        return await self.prepare(text, user_id=user_id, chat_id=chat_id, enhance=False)
 
     def close(self) -> None:
         for translator in self.translators:

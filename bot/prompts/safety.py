@@ -4,7 +4,7 @@ admin-visible refusal log.
 Normalisation defeats the usual tricks: full-width letters (NFKC), zero-width/format characters,
 accents, Cyrillic/Greek lookalikes, digit/symbol-for-letter swaps (n00d → nood, p0rn → porn),
 letters split by spaces or punctuation ("n u d e", "n.u-d.e"), and Traditional characters (mapped to
-Simplified before matching Chinese terms). English terms match whole words (plus plural s/es) so
+Simplified with OpenCC `t2s` before matching Chinese terms, so 強姦/亂倫 meet a listed 强奸/乱伦). English terms match whole words (plus plural s/es) so
 "class" never matches "ass"; Chinese terms match anywhere, ignoring spaces, punctuation and emoji
 inserted between the characters. The user only ever sees the configured refusal message, never the
 matched words; the matched words go to the log and the optional sink for admins.
@@ -19,6 +19,7 @@ import re
 import unicodedata
 from collections.abc import Awaitable, Callable, Iterable, Mapping
 from dataclasses import dataclass, field
+from functools import lru_cache
 from typing import Any, Protocol
 
 from bot.prompts.hanzi import to_simplified
@@ -58,7 +59,29 @@ def _base_normalise(text: str) -> str:
     )
     text = unicodedata.normalize("NFC", text).casefold().translate(_HOMOGLYPH_TABLE)
     text = _SYMBOL_IN_WORD.sub(lambda m: _SYMBOL_LETTERS[m.group(0)], text)
-    return to_simplified(text).translate(_FOLD)
+    return traditional_to_simplified(text).translate(_FOLD)
+
+
+@lru_cache(maxsize=1)
+def _opencc() -> Any:
+    """OpenCC's Traditional → Simplified converter (phrase tables, offline); None when not installed."""
+    try:
+        import opencc
+
+        return opencc.OpenCC("t2s")
+    except Exception:  # the word list still gets the hand table; say so loudly
+        log.error("OpenCC is not available (pip install opencc): Traditional forms are matched with the small "
+                  "built-in table only")
+        return None
+
+
+def traditional_to_simplified(text: str) -> str:
+    """Every Traditional character OpenCC knows (強姦 → 强奸, 亂倫 → 乱伦), then the hand table of
+    `bot.prompts.hanzi` for the few it leaves (妳 → 你)."""
+    converter = _opencc()
+    if converter is not None:
+        text = converter.convert(text)
+    return to_simplified(text)
 
 
 def _is_word_char(ch: str) -> bool:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import re
+import unicodedata
 from functools import cache
 from importlib import resources
 from typing import Literal
@@ -138,6 +139,36 @@ class SafetySettings(_Section):
         return [w for w in (w.strip() for w in words) if w]
 
 
+class StylePreset(_Section):
+    """One `风格=名字` preset: `text` is appended to the English prompt (write the word "style" in it, so the
+    enhancer adds no style of its own), `negative` to the negative prompt; `aliases` are other accepted names
+    (e.g. the English `style=anime`)."""
+
+    text: str = Field(min_length=1)
+    negative: str = ""
+    aliases: list[str] = Field(default_factory=list)
+
+
+DEFAULT_STYLES: dict[str, dict[str, object]] = {
+    "电影": {"text": "cinematic film style, dramatic lighting, film grain",
+             "negative": "cartoon, anime, illustration", "aliases": ["cinematic", "film"]},
+    "动漫": {"text": "anime style, cel shading, vibrant colors, clean line art",
+             "negative": "photorealistic, photo", "aliases": ["anime"]},
+    "水墨": {"text": "traditional Chinese ink wash painting style, black ink on rice paper, soft brush strokes",
+             "negative": "saturated colors, photorealistic", "aliases": ["ink"]},
+    "油画": {"text": "oil painting style, visible impasto brush strokes, rich warm colors",
+             "negative": "photorealistic, photo", "aliases": ["oil"]},
+    "像素": {"text": "pixel art style, retro 16-bit video game, crisp pixels",
+             "negative": "blurry, smooth gradients, photorealistic", "aliases": ["pixel"]},
+    "赛博朋克": {"text": "cyberpunk style, neon lights, rainy futuristic city at night, glowing signs",
+               "negative": "daylight, rural", "aliases": ["cyberpunk"]},
+}
+
+
+def _default_styles() -> dict[str, StylePreset]:
+    return {name: StylePreset.model_validate(value) for name, value in DEFAULT_STYLES.items()}
+
+
 class PromptSettings(_Section):
     translator: TranslatorKind = "marian"
     # Tried in order after `translator` fails; when all fail the original text is used with a warning.
@@ -149,6 +180,19 @@ class PromptSettings(_Section):
     # Passed on to the generator (which appends the suffix to the positive prompt, like the reference).
     negative_prompt: str = Field(default_factory=lambda: reference_constants()["negative_prompt"])
     prompt_suffix: str = Field(default_factory=lambda: reference_constants()["prompt_suffix"])
+    # `/视频 不要=模糊,变形`: translated and checked like the prompt, then added to `negative_prompt`
+    max_negative_chars: int = Field(default=200, ge=1, le=2000)
+    # `/视频 风格=动漫`: name → preset (shown by /风格); operators may edit, add or remove presets
+    styles: dict[str, StylePreset] = Field(default_factory=_default_styles)
+
+    def find_style(self, name: str) -> tuple[str, StylePreset] | None:
+        """The preset called `name` (or one of its aliases; case and full-width forms do not matter)."""
+        wanted = unicodedata.normalize("NFKC", name).strip().casefold()
+        for key, preset in self.styles.items():
+            names = [key, *preset.aliases]
+            if any(unicodedata.normalize("NFKC", n).strip().casefold() == wanted for n in names):
+                return key, preset
+        return None
 
     def translator_chain(self) -> list[FallbackKind]:
         """Backends to try, in order, without duplicates (empty for `translator: none`)."""

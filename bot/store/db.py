@@ -14,24 +14,25 @@ from __future__ import annotations
 import logging
 import sqlite3
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 
 import sqlite_utils
 
 log = logging.getLogger(__name__)
 
-SCHEMA_VERSION = 2
+# ---------------------------------------------------------------------------------------- migrations
+# The schema is the result of numbered steps (`MIGRATIONS`). `PRAGMA user_version` holds the last step
+# applied to a file; `open_db` applies the missing ones in order inside one BEGIN IMMEDIATE transaction (two
+# processes opening an old file at once migrate it once) and then sets user_version. Every step is
+# idempotent (IF NOT EXISTS; a column is added only when missing): files written before user_version was kept
+# (0, though their tables may already be at version 2 or 3) simply run every step. Never edit a released
+# step: append a new one. tests/test_migrations.py upgrades a version-1 file (tests/fixtures/xiaoai-v1.db).
 
-# Columns added after version 1, as (table, column, declaration). `open_db` adds the missing ones, so
-# older database files open unchanged apart from the new columns.
-_ADDED_COLUMNS: tuple[tuple[str, str, str], ...] = (
-    ("jobs", "deferred_at", "REAL"),  # 2: parked until the user writes again (the channel allowed no send)
-    ("jobs", "send_started_at", "REAL"),  # 2: a video send began (intent recorded before the send)
-)
-
-_SCHEMA = """
+# Version 1: the tables as first released (bot/store/db.py of the first release, unchanged).
+_V1_SCHEMA = """
 CREATE TABLE IF NOT EXISTS jobs (
     id INTEGER PRIMARY KEY AUTOINCREMENT,
     message_id TEXT NOT NULL UNIQUE,
@@ -68,9 +69,7 @@ CREATE TABLE IF NOT EXISTS jobs (
     notified INTEGER NOT NULL DEFAULT 0,
     delivery_attempts INTEGER NOT NULL DEFAULT 0,
     next_delivery_at REAL,
-    delivery_error TEXT,
-    deferred_at REAL,
-    send_started_at REAL
+    delivery_error TEXT
 );
 CREATE INDEX IF NOT EXISTS jobs_state ON jobs (state, created_at);
 CREATE INDEX IF NOT EXISTS jobs_user ON jobs (user_id, created_at);
@@ -124,6 +123,18 @@ CREATE TABLE IF NOT EXISTS seen_messages (
     ts REAL NOT NULL
 );
 
+CREATE TABLE IF NOT EXISTS meta (
+    key TEXT PRIMARY KEY,
+    value TEXT NOT NULL
+);
+"""
+
+# Version 2: two jobs columns, and the executor status tables (before, the Ray executor made them itself).
+_V2_COLUMNS: tuple[tuple[str, str, str], ...] = (
+    ("jobs", "deferred_at", "REAL"),  # parked until the user writes again (the channel allowed no send)
+    ("jobs", "send_started_at", "REAL"),  # a video send began (intent recorded before the send)
+)
+_V2_TABLES = """
 CREATE TABLE IF NOT EXISTS pool_cluster (
     id INTEGER PRIMARY KEY CHECK (id = 1),
     kind TEXT NOT NULL,
@@ -149,12 +160,115 @@ CREATE TABLE IF NOT EXISTS pool_actors (
     error TEXT NOT NULL DEFAULT '',
     updated_at REAL NOT NULL
 );
+"""
 
-CREATE TABLE IF NOT EXISTS meta (
-    key TEXT PRIMARY KEY,
-    value TEXT NOT NULL
+# Version 3: which model makes a job (`Settings.model_key`, for per-model ETAs); the worker's last attempt to
+# build its generator (`bot.executors.status`).
+_V3_COLUMNS: tuple[tuple[str, str, str], ...] = (("jobs", "model", "TEXT NOT NULL DEFAULT ''"),)
+_V3_TABLES = """
+CREATE TABLE IF NOT EXISTS generator_health (
+    id INTEGER PRIMARY KEY CHECK (id = 1),
+    worker_id TEXT NOT NULL,
+    state TEXT NOT NULL,
+    error TEXT NOT NULL DEFAULT '',
+    failures INTEGER NOT NULL DEFAULT 0,
+    device TEXT NOT NULL DEFAULT '',
+    updated_at REAL NOT NULL
 );
 """
+
+# Version 4: totals of finished job rows that retention removed (`JobQueue.prune_finished`), so the counters
+# read from the database (/metrics) never go backwards. One row per (state, error, resolution, model, le:
+# the upper bound of the job's generation-seconds histogram bucket, '+Inf', or '' when it has no time).
+_V4_TABLES = """
+CREATE TABLE IF NOT EXISTS job_rollup (
+    state TEXT NOT NULL,
+    error TEXT NOT NULL DEFAULT '',
+    resolution TEXT NOT NULL DEFAULT '',
+    model TEXT NOT NULL DEFAULT '',
+    le TEXT NOT NULL DEFAULT '',
+    jobs INTEGER NOT NULL DEFAULT 0,
+    seconds_sum REAL NOT NULL DEFAULT 0,
+    PRIMARY KEY (state, error, resolution, model, le)
+)
+"""
+
+# Version 5: what a request adds to the generation (`/视频 不要=…`, `风格=…`: the negative prompt the generator gets,
+# '' = the generator's own default) and which clip a `/续写 #N` continues (`parent_id`; `merge` 1 = join the two
+# into one MP4 when the new one is made).
+_V5_COLUMNS: tuple[tuple[str, str, str], ...] = (
+    ("jobs", "negative_prompt", "TEXT NOT NULL DEFAULT ''"),
+    ("jobs", "parent_id", "INTEGER"),
+    ("jobs", "merge", "INTEGER NOT NULL DEFAULT 0"),
+)
+
+
+def _run_script(db: sqlite_utils.Database, script: str) -> None:
+    for statement in _split_statements(script):
+        db.execute(statement)
+
+
+def _add_columns(db: sqlite_utils.Database, columns: tuple[tuple[str, str, str], ...]) -> None:
+    for table, column, decl in columns:
+        have = {row[1] for row in db.execute(f"PRAGMA table_info({table})").fetchall()}
+        if column not in have:
+            db.execute(f"ALTER TABLE {table} ADD COLUMN {column} {decl}")
+
+
+def _v2(db: sqlite_utils.Database) -> None:
+    _add_columns(db, _V2_COLUMNS)
+    _run_script(db, _V2_TABLES)
+
+
+def _v3(db: sqlite_utils.Database) -> None:
+    _add_columns(db, _V3_COLUMNS)
+    _run_script(db, _V3_TABLES)
+
+
+@dataclass(frozen=True)
+class Migration:
+    version: int
+    what: str
+    apply: Callable[[sqlite_utils.Database], None]
+
+
+MIGRATIONS: tuple[Migration, ...] = (
+    Migration(1, "original tables (jobs, ledger, users, audit, bans, seen_messages, meta)",
+              lambda db: _run_script(db, _V1_SCHEMA)),
+    Migration(2, "jobs.deferred_at, jobs.send_started_at; pool_cluster, pool_actors", _v2),
+    Migration(3, "jobs.model; generator_health", _v3),
+    Migration(4, "job_rollup (totals of job rows removed by retention)", lambda db: _run_script(db, _V4_TABLES)),
+    Migration(5, "jobs.negative_prompt, jobs.parent_id, jobs.merge", lambda db: _add_columns(db, _V5_COLUMNS)),
+)
+SCHEMA_VERSION = MIGRATIONS[-1].version
+
+
+class SchemaTooNew(RuntimeError):
+    """The file was migrated by a newer version of the bot than this one: refuse rather than guess."""
+
+
+def schema_version(db: sqlite_utils.Database) -> int:
+    """The last migration step applied to this file (`PRAGMA user_version`; 0 for a new or unversioned one)."""
+    return int(db.execute("PRAGMA user_version").fetchone()[0])
+
+
+def migrate(db: sqlite_utils.Database, upto: int = SCHEMA_VERSION) -> list[int]:
+    """Apply the missing steps up to `upto`, inside the caller's transaction (see `open_db`); returns the
+    versions applied. Raises `SchemaTooNew` for a file newer than this code."""
+    current = schema_version(db)
+    if current > SCHEMA_VERSION:
+        raise SchemaTooNew(f"数据库版本 {current} 比本程序支持的 {SCHEMA_VERSION} 新 / database schema version "
+                           f"{current} is newer than this program's ({SCHEMA_VERSION}): run the newer version "
+                           f"or restore a backup (xiaoai restore)")
+    applied = []
+    for step in MIGRATIONS:
+        if current < step.version <= upto:
+            step.apply(db)
+            applied.append(step.version)
+    if applied:
+        db.execute(f"PRAGMA user_version = {int(applied[-1])}")
+        meta_set(db, "schema_version", str(applied[-1]))
+    return applied
 
 _LOCK_ATTR = "_xiaoai_lock"
 
@@ -175,17 +289,14 @@ def open_db(path: Path, *, busy_timeout_ms: int = 30_000) -> sqlite_utils.Databa
     conn.execute("PRAGMA foreign_keys = ON")
     db = sqlite_utils.Database(conn)
     setattr(db, _LOCK_ATTR, threading.RLock())
-    with transaction(db):
-        for statement in _split_statements(_SCHEMA):
-            db.execute(statement)
-        for table, column, decl in _ADDED_COLUMNS:
-            have = {row[1] for row in db.execute(f"PRAGMA table_info({table})").fetchall()}
-            if column not in have:
-                db.execute(f"ALTER TABLE {table} ADD COLUMN {column} {decl}")
-        db.execute(
-            "INSERT INTO meta (key, value) VALUES ('schema_version', ?) "
-            "ON CONFLICT (key) DO UPDATE SET value = excluded.value", [str(SCHEMA_VERSION)]
-        )
+    try:
+        with transaction(db):
+            applied = migrate(db)
+    except BaseException:
+        conn.close()
+        raise
+    if applied:
+        log.info("database %s: schema steps %s applied (now version %d)", path, applied, SCHEMA_VERSION)
     return db
 
 

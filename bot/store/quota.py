@@ -112,6 +112,14 @@ class QuotaBook:
             ).fetchall()
         return [AuditRow(r[0], r[1], r[2], r[3], json.loads(r[4]), r[5]) for r in rows]
 
+    def refund_totals(self) -> list[tuple[str, int, int]]:
+        """(reason, refund rows, units refunded) over the whole ledger (kept forever), for /metrics."""
+        with db_lock(self.db):
+            rows = self.db.execute(
+                "SELECT reason, COUNT(*), COALESCE(SUM(delta), 0) FROM ledger WHERE kind = 'refund' "
+                "GROUP BY reason ORDER BY reason").fetchall()
+        return [(str(r[0]), int(r[1]), int(r[2])) for r in rows]
+
     def is_banned(self, user_id: str) -> bool:
         with db_lock(self.db):
             return self.db.execute("SELECT 1 FROM bans WHERE user_id = ?", [user_id]).fetchone() is not None

@@ -44,6 +44,7 @@ class ChatEvent:
     text: str = ""
     mention_ids: tuple[str, ...] = ()
     image_url: str | None = None
+    quote_url: str | None = None  # the earlier upload this message quotes (`/视频 …` quoting a picture)
     video_url: str | None = None
     cover_url: str | None = None
     job_id: int | None = None
@@ -175,14 +176,22 @@ class PlaygroundChannel:
         return None if upload is None else (upload.data, upload.mime)
 
     async def post(self, user_id: str, text: str = "", image: bytes | None = None,
-                   image_mime: str = "image/png") -> list[Message]:
+                   image_mime: str = "image/png", quote_image: str | None = None) -> list[Message]:
         """What a member typed (and/or the image they picked, already validated by the server):
-        recorded, shown to every open page, then handled by the bot. Returns the messages made."""
+        recorded, shown to every open page, then handled by the bot. Returns the messages made.
+        `quote_image`: the id of an earlier upload the text quotes (a reply to a picture, as ClawBot and WeCom
+        deliver it): the text message carries that image (`KeyError` when it is no longer kept)."""
         if self._handler is None:
             raise RuntimeError("PlaygroundChannel.start() was not called")
         who = self.user(user_id)
         if who is None:
             raise KeyError(user_id)
+        quoted = None
+        if quote_image is not None:
+            upload = self._images.get(quote_image)
+            if upload is None:
+                raise KeyError(quote_image)
+            quoted = ImageRef(image_id=quote_image, size_hint=len(upload.data))
         made: list[Message] = []
         if image is not None:
             image_id = f"img-{self._prefix}-{next(self._ids)}"
@@ -191,11 +200,13 @@ class PlaygroundChannel:
                 self._images.popitem(last=False)
             made.append(self._message(who, "", ImageRef(image_id=image_id, size_hint=len(image))))
         if text.strip():
-            made.append(self._message(who, text.strip(), None))
+            made.append(self._message(who, text.strip(), quoted))
         for message in made:
-            image_url = f"/media/upload/{message.image.image_id}" if message.image else None
+            url = f"/media/upload/{message.image.image_id}" if message.image else None
+            quoting = message.text != "" and url is not None
             self._record("user", message.chat_id, who.id, who.name, text=message.text,
-                         mention_ids=message.mentions, image_url=image_url)
+                         mention_ids=message.mentions, image_url=None if quoting else url,
+                         quote_url=url if quoting else None)
             log.info("playground message %s from %s", message.message_id, who.id,
                      extra={"user_id": who.id, "message_id": message.message_id, "chat_id": message.chat_id})
             await self._handler(message)

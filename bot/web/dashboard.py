@@ -6,6 +6,10 @@ HttpOnly SameSite=Strict session cookie (an HMAC of the token, not the token) an
 it: 401; with a wrong one: 403. State-changing requests also need a JSON body and, when the browser
 sends one, a same-origin `Origin` header.
 
+It runs beside the playground (`bot.web.server`) and in the admin console of `xiaoai run` (`bot.web.admin`),
+where `deps.channel` is the `ChannelHub` of every chat channel: playground members are then simply absent and
+the channel list (`channel_status`) shows each channel's connection, last message, login need and last error.
+
 Admin actions use the very calls the chat admin commands make (`plugins.quota`, `plugins.video`):
 `QuotaBook.set_balance / add / reset_user / ban / unban` (each writes its ledger row and audit row),
 `Permissions.is_admin` for "admins cannot be banned", and `JobQueue.cancel` for cancelling (the same
@@ -25,6 +29,7 @@ same transaction). The actor recorded in the audit is `DASHBOARD_ACTOR`.
 from __future__ import annotations
 
 import asyncio
+import functools
 import hashlib
 import hmac
 import html
@@ -35,6 +40,8 @@ import sys
 from collections.abc import AsyncIterator
 from dataclasses import asdict
 from datetime import datetime, timedelta
+from importlib import util as importlib_util
+from pathlib import Path
 from typing import Any
 from zoneinfo import ZoneInfo
 
@@ -54,6 +61,8 @@ COOKIE = "xiaoai_dashboard"
 _USER_ID = re.compile(r"^[^\s]{1,128}$")
 DAYS = 14
 RECENT = 40
+MAX_REASON_CHARS = 200
+MAX_QUOTA = 100_000  # a typo'd 1000000 is refused, not granted
 
 
 # ------------------------------------------------------------------------------------------ auth
@@ -83,7 +92,8 @@ def _refuse_json(status: int) -> JSONResponse:
 
 def _login_page(status: int, note: str) -> HTMLResponse:
     body = f"""<!doctype html><html lang="zh"><head><meta charset="utf-8"><title>小爱视频 · 管理后台</title>
-<link rel="stylesheet" href="/static/style.css"></head><body class="login">
+<link rel="stylesheet" href="/static/style.css">
+<link rel="icon" href="/static/favicon.svg" type="image/svg+xml"></head><body class="login">
 <form method="post" action="/dashboard/login" class="login-box" id="login-form">
 <h1>小爱视频 · 管理后台</h1><p class="muted">{html.escape(note)}</p>
 <input type="password" name="token" placeholder="XIAOAI_DASHBOARD_TOKEN" autocomplete="off" required>
@@ -120,10 +130,42 @@ def cancellable_job_ids(deps: Any, jobs: list[Job]) -> set[int]:
     return {job.id for job in jobs if job.state in PENDING_STATES and not job.cancel_requested}
 
 
+def _members(deps: Any) -> list[Any]:
+    """The playground's simulated members when the dashboard runs beside the playground; none on a real bot
+    (`xiaoai run`: the dashboard's channel is the hub of every chat channel)."""
+    return list(getattr(getattr(deps.channel, "settings", None), "users", None) or [])
+
+
+def channel_status(deps: Any) -> list[dict[str, Any]]:
+    """Each chat channel: connected, when it last heard a message, whether it waits for a login, its last
+    error (adapters that keep one) or why it could not start."""
+    hub = getattr(deps, "hub", None)
+    channels = list(hub.channels) if hub is not None else [deps.channel]
+    failures: dict[str, str] = getattr(hub, "failures", {}) or {}
+    events: dict[str, float] = getattr(hub, "last_event", {}) or {}
+    out = []
+    for channel in channels:
+        failure = failures.get(channel.name)
+        paused = bool(getattr(channel, "paused", False))
+        last_error = getattr(channel, "last_error", None) or getattr(getattr(channel, "gateway", None),
+                                                                     "last_error", None)
+        try:
+            connected = failure is None and bool(channel.connected)
+        except Exception:  # a status read must never break the page
+            connected = False
+        out.append({
+            "name": channel.name, "connected": connected, "started": failure is None, "failure": failure,
+            "paused": paused, "login_needed": paused or (failure is not None and "xiaoai login" in failure),
+            "last_error": None if last_error is None else str(last_error)[:300], "last_event": events.get(channel.name),
+        })
+    return out
+
+
 def _users(deps: Any) -> list[dict[str, Any]]:
     rows = deps.quota.users()
     names = deps.queue.latest_user_names()
-    playground = {u.id: u.name for u in deps.channel.settings.users}
+    members = _members(deps)
+    playground = {u.id: u.name for u in members}
     admins = Permissions(deps.settings.bot.admins)
     now = deps.clock()
     out = []
@@ -136,7 +178,7 @@ def _users(deps: Any) -> list[dict[str, Any]]:
             "first_seen": first_seen, "last_seen": last_seen, "seen": True,
         })
     known = {row[0] for row in rows}
-    for user in deps.channel.settings.users:  # playground members who have not spoken yet
+    for user in members:  # playground members who have not spoken yet
         if user.id not in known:
             out.append({
                 "user_id": user.id, "name": user.name, "group_id": None, "balance": None,
@@ -163,10 +205,49 @@ def _daily(deps: Any) -> list[dict[str, Any]]:
     return list(table.values())
 
 
+@functools.cache
+def _cuda_present() -> bool:
+    """What `torch.cuda.is_available()` would say, without importing torch here (seconds, memory) unless
+    this process already did: torch built with CUDA (its version file) and an NVIDIA device node."""
+    torch = sys.modules.get("torch")
+    if torch is not None:
+        try:
+            return bool(torch.cuda.is_available())
+        except Exception:  # a status read must never break the page
+            return False
+    try:
+        spec = importlib_util.find_spec("torch")
+    except (ImportError, ValueError):
+        return False
+    if spec is None or not spec.submodule_search_locations:
+        return False
+    try:
+        version = (Path(next(iter(spec.submodule_search_locations))) / "version.py").read_text(encoding="utf-8")
+    except OSError:
+        return False
+    built_with_cuda = re.search(r"^cuda\b.*=\s*['\"]\d", version, re.M) is not None
+    return built_with_cuda and (Path("/dev/nvidiactl").exists() or any(Path("/dev").glob("nvidia[0-9]*")))
+
+
+def generation_device(settings: Any) -> tuple[str, str]:
+    """(kind, label) of where the local worker generates: kind "cpu" or "cuda"; the label is what the page
+    shows (a CPU run is never called GPU)."""
+    if settings.worker.generator == "synthetic":
+        return "cpu", "CPU（合成测试视频，不用显卡）"
+    device = str(settings.generation.device or "auto")
+    if device == "auto":
+        device = "cuda" if _cuda_present() else "cpu"
+    if device.startswith("cuda"):
+        return "cuda", f"GPU（{device}）"
+    return "cpu", "CPU" if device == "cpu" else device
+
+
 def _worker(deps: Any) -> dict[str, Any]:
     s = deps.settings
+    device_kind, device_label = generation_device(s)
     info: dict[str, Any] = {
-        "generator": s.worker.generator, "device": s.generation.device,
+        "generator": s.worker.generator, "device": s.generation.device, "device_kind": device_kind,
+        "device_label": device_label,
         "checkpoint": str(s.generation.checkpoint) if s.generation.checkpoint else None,
         "executor": None, "process_alive": None, "actors": [], "gpus": [],
     }
@@ -176,7 +257,9 @@ def _worker(deps: Any) -> dict[str, Any]:
             view = executor.view()
             info["executor"] = view.kind
             info["process_alive"] = view.process_alive
-            info["actors"] = [{**asdict(a), "mean_s": a.mean_s} for a in view.actors]
+            info["actors"] = [{**asdict(a), "mean_s": a.mean_s,
+                               "device_label": device_label if view.kind == "local"
+                               else (f"GPU {a.gpu}" if a.gpu else "无 GPU")} for a in view.actors]
             if view.cluster is not None:
                 info["cluster"] = asdict(view.cluster)
         except Exception as exc:  # a status read must never break the page
@@ -209,6 +292,7 @@ def dashboard_state(deps: Any) -> dict[str, Any]:
         "running": running, "waiting": waiting,
         "recent": [_job_json(j, deps) for j in recent_jobs],
         "users": _users(deps), "audit": audit, "worker": _worker(deps), "daily": _daily(deps),
+        "channels": channel_status(deps),
         "quota": {"daily": deps.settings.quota.daily, "costs": deps.settings.quota.costs},
     }
 
@@ -236,7 +320,9 @@ async def dashboard_login(request: Request) -> Response:
     if not token:
         return _login_page(403, "管理后台未启用：请设置环境变量 XIAOAI_DASHBOARD_TOKEN。")
     form = await request.form(max_files=0, max_fields=2)
-    supplied = str(form.get("token") or "")
+    supplied = str(form.get("token") or "").strip()
+    if not supplied:
+        return _login_page(400, "请输入管理令牌（环境变量 XIAOAI_DASHBOARD_TOKEN 的值）。")
     if not hmac.compare_digest(supplied.encode(), token.encode()):
         log.warning("dashboard: wrong token at login from %s", request.client.host if request.client else "?")
         return _login_page(403, "令牌无效 / invalid token")
@@ -283,6 +369,26 @@ def _bad(message: str, status: int = 400) -> JSONResponse:
 def _target(body: dict[str, Any]) -> str | None:
     user_id = body.get("user_id")
     return user_id if isinstance(user_id, str) and _USER_ID.match(user_id) else None
+
+
+def _known_user(deps: Any, user_id: str) -> bool:
+    """A user the dashboard lists: one the bot has seen, or a playground member."""
+    lookup = getattr(deps.channel, "user", None)  # playground members (the hub of `xiaoai run` has none)
+    if lookup is not None and lookup(user_id) is not None:
+        return True
+    return any(row[0] == user_id for row in deps.quota.users())
+
+
+def _reason(body: dict[str, Any]) -> str | JSONResponse:
+    reason = body.get("reason")
+    if reason is None:
+        return ""
+    if not isinstance(reason, str):
+        return _bad("原因需要是文字。")
+    reason = reason.strip()
+    if len(reason) > MAX_REASON_CHARS:
+        return _bad(f"原因太长了，最多 {MAX_REASON_CHARS} 字。")
+    return reason
 
 
 def _int(value: Any) -> int | None:
@@ -353,16 +459,29 @@ async def api_quota(request: Request) -> Response:
     quota = deps.quota
     target = _target(body)
     if target is None:
-        return _bad("用户 ID 无效")
+        return _bad("请先选择用户。")
+    if not _known_user(deps, target):
+        return _bad("没有这个用户。", 404)
     op = body.get("op")
-    reason = str(body.get("reason") or "")[:200]
+    if op not in ("set", "add", "reset"):
+        return _bad("op 需要是 set、add 或 reset")
+    reason = _reason(body)
+    if isinstance(reason, JSONResponse):
+        return reason
     if op == "reset":
         balance = quota.reset_user(DASHBOARD_ACTOR, target)
         text = f"已把 {target} 的额度恢复为 {balance} 点。"
-    elif op in ("set", "add"):
-        value = _int(body.get("value"))
+    else:  # set / add: an amount is required (an empty field is not 0)
+        raw = body.get("value")
+        if raw is None or (isinstance(raw, str) and not raw.strip()):
+            return _bad("请填写数量，例如 10。")
+        value = _int(raw)
         if value is None:
-            return _bad("请写上数量，例如 10")
+            return _bad("数量需要是整数，例如 10。")
+        if abs(value) > MAX_QUOTA:
+            return _bad(f"数量太大了，最多 {MAX_QUOTA}。")
+        if op == "add" and value == 0:
+            return _bad("增加 0 点不会有变化，请填写非 0 的数量（负数为扣减）。")
         if op == "set":
             if value < 0:
                 return _bad("额度不能设为负数。")
@@ -371,8 +490,6 @@ async def api_quota(request: Request) -> Response:
         else:
             balance = quota.add(DASHBOARD_ACTOR, target, value, reason=reason)
             text = f"已为 {target} 调整 {value:+d} 点，当前 {balance} 点。"
-    else:
-        return _bad("op 需要是 set、add 或 reset")
     log.info("dashboard quota %s %s -> %s", op, target, balance, extra={"actor_id": DASHBOARD_ACTOR, "user_id": target})
     return JSONResponse({"ok": True, "user_id": target, "balance": balance, "message": text})
 
@@ -384,14 +501,19 @@ async def api_ban(request: Request) -> Response:
     deps = request.app.state.deps
     target = _target(body)
     if target is None:
-        return _bad("用户 ID 无效")
-    banned = body.get("banned", True)
+        return _bad("请先选择用户。")
+    if not _known_user(deps, target):
+        return _bad("没有这个用户。", 404)
+    banned = body.get("banned")  # required: a request that forgot it must not ban anybody
     if not isinstance(banned, bool):
         return _bad("banned 需要是 true 或 false")
+    reason = _reason(body)
+    if isinstance(reason, JSONResponse):
+        return reason
     if banned:
         if Permissions(deps.settings.bot.admins).is_admin(target):
             return _bad("不能封禁管理员。")
-        deps.quota.ban(DASHBOARD_ACTOR, target, reason=str(body.get("reason") or "")[:200])
+        deps.quota.ban(DASHBOARD_ACTOR, target, reason=reason)
         text = f"已暂停 {target} 使用视频生成。"
     else:
         deps.quota.unban(DASHBOARD_ACTOR, target)
@@ -407,14 +529,16 @@ async def api_cancel(request: Request) -> Response:
         return body
     deps = request.app.state.deps
     job_id = _int(body.get("job_id"))
-    if job_id is None:
+    if job_id is None or job_id <= 0:
         return _bad("job_id 无效")
+    reason = _reason(body)
+    if isinstance(reason, JSONResponse):
+        return reason
     job: Job | None = deps.queue.get(job_id)
     if job is None:
         return _bad("没有这个任务。", 404)
     if not job.is_pending or job.cancel_requested:
         return _bad(f"任务 #{job_id} 已经结束或正在停止。", 409)
-    reason = str(body.get("reason") or "")[:200]
     done = deps.queue.cancel(job_id, actor=DASHBOARD_ACTOR, reason=reason)  # with its audit row
     if done is None:
         return _bad(f"任务 #{job_id} 已经结束或正在停止。", 409)

@@ -9,6 +9,7 @@ this run, and the room is added to `bot.group_allowlist` when that list is not e
 from __future__ import annotations
 
 import contextlib
+import errno
 import logging
 import os
 import secrets
@@ -20,6 +21,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, TextIO
 
+from bot.prompts.status import translator_status
 from bot.settings import Settings
 from bot.web.server import DASHBOARD_TOKEN_ENV
 
@@ -62,7 +64,8 @@ def dashboard_token(environ: dict[str, str] | os._Environ[str]) -> tuple[str, bo
     token = environ.get(DASHBOARD_TOKEN_ENV, "").strip()
     if token:
         if len(token) < MIN_TOKEN_CHARS:
-            raise PlaygroundError(f"{DASHBOARD_TOKEN_ENV} is too short (at least {MIN_TOKEN_CHARS} characters)")
+            raise PlaygroundError(f"{DASHBOARD_TOKEN_ENV} 太短，至少 {MIN_TOKEN_CHARS} 个字符 / is too short "
+                                  f"(at least {MIN_TOKEN_CHARS} characters)")
         return token, False
     return secrets.token_urlsafe(24), True
 
@@ -75,7 +78,12 @@ def bind(host: str, port: int) -> socket.socket:
         sock.bind((host, port))
     except OSError as err:
         sock.close()
-        raise PlaygroundError(f"cannot listen on {host}:{port}: {err}") from None
+        if err.errno == errno.EADDRINUSE:
+            raise PlaygroundError(f"端口 {port} 已被占用（可能已有一个 xiaoai playground 在运行），请用 --port 换一个 / "
+                                  f"cannot listen on {host}:{port}: the port is in use, choose another with --port"
+                                  ) from None
+        raise PlaygroundError(f"无法监听 {host}:{port} / cannot listen on {host}:{port}: {err.strerror or err}"
+                              "（检查 --host / check --host）") from None
     sock.listen(128)
     sock.setblocking(False)
     return sock
@@ -128,7 +136,8 @@ async def run_playground(settings: Settings, *, out: TextIO = sys.stdout, enviro
     app = App(settings, channel, pipeline=pipeline)
     await app.start()
     try:
-        deps = WebDeps(settings=settings, channel=channel, quota=app.quota, queue=app.queue, executor=app.executor)
+        deps = WebDeps(settings=settings, channel=channel, quota=app.quota, queue=app.queue, executor=app.executor,
+                       hub=app.hub)
         loopback = pg.host in LOOPBACK_HOSTS
         web = create_app(deps, dashboard_token=token, allowed_hosts=LOOPBACK_HOSTS if loopback else None)
         config = uvicorn.Config(web, log_config=None, access_log=False, timeout_graceful_shutdown=2,
@@ -143,6 +152,7 @@ async def run_playground(settings: Settings, *, out: TextIO = sys.stdout, enviro
         else:
             print(f"管理后台 / dashboard: {base}/dashboard  (令牌 / token: ${DASHBOARD_TOKEN_ENV})", file=out)
         print(f"生成器 / generator: {settings.worker.generator}; 数据 / data: {settings.storage.db_path}", file=out)
+        print(translator_status(settings.prompts), file=out)
         print("按 Ctrl-C 退出 / Ctrl-C to stop", file=out, flush=True)
         log.info("playground serving on %s", base, extra={"port": port})
         await server.serve(sockets=[sock])

@@ -5,13 +5,17 @@
 Playground (no login; bind it to 127.0.0.1, the default):
   GET  /                      the chat page (static HTML/JS/CSS, no build step)
   GET  /api/config            room, members, bot name, limits
-  POST /api/send              multipart: user_id, text, image (optional; size-limited, checked by
-                              `bot.images.validate_image` before the bot ever sees it)
+  POST /api/send              multipart: user_id, text, quote (optional: the id of an earlier upload the text
+                              quotes), image (optional; size-limited, checked by
+                              `bot.images.validate_image` before the bot ever sees it). A refusal is
+                              {"ok": false, "error": "<Chinese text>"}, with "field": "image" when the
+                              picture was the problem (the page then drops it)
   GET  /api/events            server-sent events: `chat` (history after Last-Event-ID, then live) and
                               `jobs` (the room's queued/running jobs with position and progress)
   GET  /media/video/<job id>  the MP4 of a finished job; files are found by job id, never by path
   GET  /media/cover/<job id>  its cover JPEG
   GET  /media/upload/<id>     an image a member uploaded (kept in memory)
+  GET  /favicon.ico           the icon (also /static/favicon.svg, linked from every page)
 Dashboard: see `bot.web.dashboard` (token from the environment, `DASHBOARD_TOKEN_ENV`).
 """
 
@@ -69,6 +73,7 @@ class WebDeps:
     quota: Any  # bot.store.quota.QuotaBook
     queue: Any  # bot.jobs.queue.JobQueue
     executor: Any | None = None  # bot.executors.Executor, when this process runs one
+    hub: Any | None = None  # bot.channels.hub.ChannelHub: the dashboard shows every channel's status
     clock: Callable[[], float] = time.time
     status_poll_s: float = 0.5  # how often job progress is pushed to open pages
     extra: dict[str, Any] = field(default_factory=dict)
@@ -150,6 +155,12 @@ async def playground_page(request: Request) -> Response:
     return _static("playground.html")
 
 
+async def favicon(request: Request) -> Response:
+    """Browsers ask for /favicon.ico whatever the page says: the same SVG icon the pages link to."""
+    return FileResponse(STATIC_DIR / "favicon.svg", media_type="image/svg+xml",
+                        headers={"Cache-Control": "public, max-age=86400"})
+
+
 async def api_config(request: Request) -> Response:
     deps: WebDeps = request.app.state.deps
     pg = deps.channel.settings
@@ -200,7 +211,7 @@ async def api_send(request: Request) -> Response:
         return error(403, "cross-origin request refused")
     declared = request.headers.get("content-length")
     if declared is not None and declared.isdigit() and int(declared) > limit + 64 * 1024:
-        return error(413, f"上传太大了，请选择 {_size_text(limit)} 以内的图片。", limit=limit)
+        return error(413, f"上传太大了，请选择 {_size_text(limit)} 以内的图片。", limit=limit, field="image")
     if not request.headers.get("content-type", "").startswith(("multipart/form-data",
                                                                 "application/x-www-form-urlencoded")):
         return error(415, "请用表单（multipart/form-data）发送。")
@@ -221,16 +232,21 @@ async def api_send(request: Request) -> Response:
                                                                  max_part_size=limit + 1024)
     except _TooLarge:
         log.info("playground: upload over %d bytes refused", cap)
-        return error(413, f"上传太大了，请选择 {_size_text(limit)} 以内的图片。", limit=limit)
+        return error(413, f"上传太大了，请选择 {_size_text(limit)} 以内的图片。", limit=limit, field="image")
     except Exception as exc:  # malformed body, too many parts, a field over max_part_size
         log.info("playground: bad form: %s", exc)
-        return error(400, "表单无效或上传太大了。")
+        return error(400, "表单无效或上传太大了。", field="image")
     try:
         user_id = str(form.get("user_id") or "")
         text = str(form.get("text") or "")
         upload = form.get("image")
+        quote = str(form.get("quote") or "") or None  # an earlier upload this text quotes
         if deps.channel.user(user_id) is None:
             return error(400, "没有这个试玩用户。")
+        if quote is not None and (not _UPLOAD_ID.match(quote) or deps.channel.image_upload(quote) is None):
+            return error(400, "引用的图片已经不在了，请重新发送图片。", field="quote")
+        if quote is not None and not text.strip():
+            return error(400, "引用图片时请写上文字，例如 /视频 提示词。", field="quote")
         if len(text) > MAX_TEXT_CHARS:
             return error(400, f"消息太长了（最多 {MAX_TEXT_CHARS} 字）。")
         image: bytes | None = None
@@ -238,22 +254,25 @@ async def api_send(request: Request) -> Response:
         if isinstance(upload, UploadFile) and (upload.filename or upload.size):
             declared_type = (upload.content_type or "").lower()
             if not declared_type.startswith("image/"):
-                return error(415, "只能上传图片（JPG、PNG、WEBP）。")
+                return error(415, "只能上传图片（JPG、PNG、WEBP）。", field="image")
             image = await _read_upload(upload, limit)
             if image is None:
-                return error(413, f"图片太大了，请选择 {_size_text(limit)} 以内的图片。", limit=limit)
+                return error(413, f"图片太大了，请选择 {_size_text(limit)} 以内的图片。", limit=limit, field="image")
             try:
                 validate_image(image, max_bytes=limit, max_pixels=deps.settings.bot.max_image_pixels)
             except ImageRejected as err:
-                return error(415, str(err))
+                return error(415, str(err), field="image")
             mime = _MIME.get(_image_format(image), "image/png")
         elif upload is not None and not isinstance(upload, UploadFile) and str(upload):
-            return error(400, "image 必须是文件。")
+            return error(400, "image 必须是文件。", field="image")
         if image is None and not text.strip():
             return error(400, "消息是空的。")
     finally:
         await form.close()
-    messages = await deps.channel.post(user_id, text, image, image_mime=mime)
+    try:
+        messages = await deps.channel.post(user_id, text, image, image_mime=mime, quote_image=quote)
+    except KeyError:  # the quoted upload was dropped from memory meanwhile
+        return error(400, "引用的图片已经不在了，请重新发送图片。", field="quote")
     return JSONResponse({"ok": True, "message_ids": [m.message_id for m in messages]})
 
 
@@ -377,6 +396,7 @@ def create_app(deps: WebDeps, *, dashboard_token: str | None, allowed_hosts: lis
     routes = [
         Route("/", playground_page),
         Route("/healthz", healthz),
+        Route("/favicon.ico", favicon),
         Route("/api/config", api_config),
         Route("/api/send", api_send, methods=["POST"]),
         Route("/api/events", api_events),

@@ -67,3 +67,15 @@ class PlaygroundSettings(BaseModel):
         if len(set(ids)) != len(ids) or len(set(names)) != len(names):
             raise ValueError("user ids and names must be unique")
         return self
+
+
+class AdminSettings(BaseModel):
+    """Section `admin:` — the admin console that `xiaoai run` serves next to the bot (`bot.web.admin`): the
+    dashboard on the real database, `GET /healthz` (no token) and `GET /metrics` (token). The token comes
+    only from `XIAOAI_DASHBOARD_TOKEN` (random per run, printed, when unset)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    enabled: bool = True
+    host: str = "127.0.0.1"  # loopback by default; put a TLS reverse proxy in front to reach it from elsewhere
+    port: int = Field(default=8766, ge=0, le=65535)  # 0 = any free port (printed at start)

@@ -113,6 +113,7 @@ class Upload:
     file_uuid: str
     file_info: str
     parts: int = 1
+    data: bytes = field(default=b"", repr=False)  # what arrived (tests read the MP4's AIGC label from it)
 
 
 @dataclass
@@ -316,9 +317,10 @@ class QQFake:
     async def push_group_at(
         self, group_openid: str, member_openid: str, content: str, *, msg_id: str | None = None,
         event_id: str | None = None, attachments: list[dict[str, Any]] | None = None,
-        event: str = "GROUP_AT_MESSAGE_CREATE",
+        event: str = "GROUP_AT_MESSAGE_CREATE", extra: dict[str, Any] | None = None,
     ) -> str:  # fmt: skip
-        """A group member @-mentions the bot; returns the message id."""
+        """A group member @-mentions the bot; returns the message id. `extra`: more event fields (e.g. a quote's
+        `message_type` 103 and `msg_elements`)."""
         msg_id = msg_id or self._new_id("ROBOT1.0_g")
         data: dict[str, Any] = {
             "id": msg_id, "content": content, "timestamp": self._iso(),
@@ -327,6 +329,7 @@ class QQFake:
         }  # fmt: skip
         if attachments:
             data["attachments"] = attachments
+        data.update(extra or {})
         self._pushed.setdefault(msg_id, _Pushed("groups", group_openid, self.clock()))
         await self.push_event(event, data, event_id or f"{event}:{secrets.token_hex(8)}")
         return msg_id
@@ -528,7 +531,7 @@ class QQFake:
         file_uuid = uuid.uuid4().hex
         file_info = "FI" + secrets.token_urlsafe(32)
         self._files[file_info] = (scope, openid, sha, self.clock() + self.file_ttl_s)
-        self.uploads.append(Upload(scope, openid, file_type, sha, len(data), via, file_uuid, file_info, parts))
+        self.uploads.append(Upload(scope, openid, file_type, sha, len(data), via, file_uuid, file_info, parts, data))
         return self._record(request, JSONResponse({"file_uuid": file_uuid, "file_info": file_info,
                                                    "ttl": int(self.file_ttl_s)}))  # fmt: skip
 

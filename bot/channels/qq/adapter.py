@@ -342,7 +342,7 @@ class QQChannel:
         author = data.get("author") if isinstance(data.get("author"), dict) else {}
         content = str(data.get("content") or "")
         timestamp = _parse_time(data.get("timestamp")) or self._clock()
-        image = self._image_ref(msg_id, data.get("attachments"))
+        image = self._image_ref(msg_id, data.get("attachments")) or self._quoted_image_ref(msg_id, data)
         if kind == EVENT_C2C:
             user = str(author.get("user_openid") or author.get("id") or "")
             if not user:
@@ -384,6 +384,23 @@ class QQChannel:
             size = item.get("size")
             return ImageRef(image_id, size_hint=int(size) if isinstance(size, int | str) and str(size).isdigit()
                             else None)  # fmt: skip
+        return None
+
+    def _quoted_image_ref(self, msg_id: str, data: dict[str, Any], depth: int = 0) -> ImageRef | None:
+        """The image of a quoted message (`/视频 …` sent as a reply to a photo makes image-to-video). Quote events
+        (`message_type` 103) carry the quoted message in `msg_elements`, each with its own `attachments`
+        (possibly nested); `message_reference` holds only an id, which no API resolves. Field names follow
+        what other QQ bot projects read from live events: not verified against the real service here."""
+        elements = data.get("msg_elements")
+        if not isinstance(elements, list) or depth > 2:
+            return None
+        for index, element in enumerate(elements[:8]):
+            if not isinstance(element, dict):
+                continue
+            key = f"{msg_id}#q{depth}.{index}"
+            found = self._image_ref(key, element.get("attachments")) or self._quoted_image_ref(key, element, depth + 1)
+            if found is not None:
+                return found
         return None
 
     async def fetch_image(self, message: Message, *, max_bytes: int) -> bytes:

@@ -14,7 +14,12 @@ python-wechaty 0.10.7 is the last release and does not import on modern Pythons 
   environment variables (and logs the token when both an option and a variable are set). We
   neutralise that lookup: the adapter always passes endpoint and token explicitly.
 
-The pins `pyee==11.1.1` and `urllib3==1.26.20` (pyproject) fix the remaining two import errors.
+* `from urllib3 import get_host` (removed in urllib3 2): we put back the 1.26 function (three lines
+  over `urllib3.util.parse_url`) when it is missing.
+* `from pyee import AsyncIOEventEmitter` (moved to `pyee.asyncio` in pyee 12): we re-export the class
+  at the top level when it is missing.
+
+So the current urllib3 2.x and pyee 13 work and nothing needs pinning to the old releases.
 Nothing outside `bot/channels/` imports wechaty.
 """
 
@@ -94,6 +99,28 @@ def _install_telnetlib_stub() -> None:
         sys.modules["telnetlib"] = module
 
 
+def _urllib3_get_host(url: str) -> tuple[str, str | None, int | None]:
+    """urllib3 1.26's `get_host`: (scheme, host, port), the scheme defaulting to "http"."""
+    from urllib3.util import parse_url
+
+    parsed = parse_url(url)
+    return parsed.scheme or "http", parsed.hostname, parsed.port
+
+
+def _install_import_shims() -> None:
+    """`urllib3.get_host` (gone in urllib3 2) and `pyee.AsyncIOEventEmitter` (pyee.asyncio since
+    pyee 12), both imported by name by python-wechaty 0.10.7; a no-op on the old releases."""
+    import pyee
+    import urllib3
+
+    if not hasattr(urllib3, "get_host"):
+        urllib3.get_host = _urllib3_get_host  # type: ignore[attr-defined]
+    if not hasattr(pyee, "AsyncIOEventEmitter"):
+        from pyee.asyncio import AsyncIOEventEmitter
+
+        pyee.AsyncIOEventEmitter = AsyncIOEventEmitter  # type: ignore[attr-defined]
+
+
 def load_wechaty(cache_dir: Path | str | None = None) -> WechatyModules:
     """Import python-wechaty with the fixes applied; idempotent.
 
@@ -111,6 +138,7 @@ def load_wechaty(cache_dir: Path | str | None = None) -> WechatyModules:
     # wechaty logs every event at INFO through its own handlers; keep it to warnings by default.
     os.environ.setdefault("WECHATY_LOG", "warn")
     _install_telnetlib_stub()
+    _install_import_shims()
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", DeprecationWarning)
         from wechaty_puppet.schemas import puppet as puppet_schema

@@ -4,6 +4,7 @@
 
 1. the file is already H.264/yuv420p and within budget → sent as is (remuxed with `+faststart`
    only when its `moov` atom is at the end; no re-encode, no loss);
+   every remux and re-encode keeps the file's metadata, the `AIGC` label included (`KEEP_METADATA`);
 2. otherwise it is re-encoded at the *lowest* CRF in `[crf_min, crf_max]` whose output fits
    (CRF search: the best quality is tried first, then a binary search, since the size falls as CRF
    rises);
@@ -31,6 +32,9 @@ log = logging.getLogger(__name__)
 _STREAM_RE = re.compile(r"Stream #\d+:\d+.*?: Video: (\w+)[^,]*, (\w+)[^,]*?(?:\([^)]*\))?, (\d+)x(\d+)")
 _DURATION_RE = re.compile(r"Duration: (\d+):(\d+):(\d+(?:\.\d+)?)")
 _AUDIO_RE = re.compile(r"Stream #\d+:\d+.*?: Audio: ")
+# Every write keeps the source's metadata, the AIGC label (GB 45438) included: without `use_metadata_tags`
+# ffmpeg silently drops `mdta` keys such as AIGC.
+KEEP_METADATA = ("-map_metadata", "0", "-movflags", "+faststart+use_metadata_tags")
 
 
 class MediaPrepError(Exception):
@@ -132,7 +136,7 @@ def _encode(src: Path, dst: Path, *, crf: int, height: int | None, has_audio: bo
         cmd += ["-vf", f"scale=-2:{height}"]
     cmd += [
         "-c:v", "libx264", "-preset", preset, "-crf", str(crf), "-pix_fmt", "yuv420p",
-        "-movflags", "+faststart", str(dst),
+        *KEEP_METADATA, str(dst),
     ]  # fmt: skip
     _run(cmd)
     return dst.stat().st_size
@@ -157,7 +161,7 @@ def prepare_video(
             return PreparedVideo(src, info.size, True, False, None, info.width, info.height, info.duration_s, 0)
         dst = out_dir / f"{src.stem}.wechat.mp4"
         _run([_ffmpeg(), "-y", "-hide_banner", "-loglevel", "error", "-i", str(src), "-c", "copy",
-              "-movflags", "+faststart", str(dst)])  # fmt: skip
+              *KEEP_METADATA, str(dst)])  # fmt: skip
         return PreparedVideo(
             dst, dst.stat().st_size, True, False, None, info.width, info.height, info.duration_s, 1
         )

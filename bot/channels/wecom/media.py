@@ -50,8 +50,9 @@ def _encode(src: Path, dst: Path, *, crf: int, scale: float, min_height: int, pr
            "-map", "0:v:0", "-map", "0:a:0?", "-c:a", "aac", "-b:a", "64k"]  # fmt: skip
     if scale < 1.0:
         cmd += ["-vf", f"scale=-2:'max({min_height},trunc(ih*{scale}/2)*2)'"]
+    # keep the metadata, the AIGC label (GB 45438) included: ffmpeg drops `mdta` keys without use_metadata_tags
     cmd += ["-c:v", "libx264", "-preset", preset, "-crf", str(crf), "-pix_fmt", "yuv420p",
-            "-movflags", "+faststart", str(dst)]  # fmt: skip
+            "-map_metadata", "0", "-movflags", "+faststart+use_metadata_tags", str(dst)]  # fmt: skip
     result = subprocess.run(cmd, capture_output=True, text=True, errors="replace")
     if result.returncode != 0:
         raise ReencodeError(f"ffmpeg failed ({result.returncode}): {result.stderr[-300:]}")

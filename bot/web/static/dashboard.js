@@ -67,17 +67,28 @@ function renderQueue(s) {
 function renderWorker(w) {
   const rows = [
     ["生成器", w.generator === "synthetic" ? "合成测试视频（非模型）" : `Pyramid Flow${w.checkpoint ? "" : "（微型随机权重）"}`],
-    ["设备", w.device], ["执行器", w.executor || "本进程未运行"],
+    ["设备", w.device_label || w.device], ["执行器", w.executor || "本进程未运行"],
     ["进程", w.process_alive === null ? "—" : (w.process_alive ? "运行中" : "未运行（正在重启）")],
   ];
   for (const g of w.gpus || []) rows.push([`GPU ${g.index}`, `${g.name} · ${g.memory_gb} GB`]);
   const list = el("dl", { class: "kv" }, rows.map(([k, v]) => [el("dt", { text: k }), el("dd", { text: v })]));
   const actors = (w.actors || []).map((a) => el("div", { class: `actor ${a.state}` },
     el("b", { text: a.name }), ` · ${a.state === "busy" ? "生成中" : a.state === "idle" ? "空闲" : a.state}`,
-    a.gpu ? ` · GPU ${a.gpu}` : "", a.model ? ` · ${a.model}` : "",
+    a.device_label ? ` · ${a.device_label}` : "", a.model ? ` · ${a.model}` : "",
     a.job_id ? ` · 任务 #${a.job_id}` : "", ` · 已完成 ${a.jobs_done}`,
     a.mean_s ? ` · 平均 ${a.mean_s.toFixed(1)} 秒` : "", a.node ? el("div", { class: "muted", text: a.node }) : null));
   document.getElementById("worker").replaceChildren(list, ...actors, w.error ? el("p", { class: "error", text: w.error }) : "");
+}
+
+// Chat channels (the playground's one, or every channel of `xiaoai run`): connected, last message, login.
+function renderChannels(list, tz) {
+  const box = document.getElementById("channels");
+  if (!box || !list) return;
+  box.replaceChildren(...list.map((c) => el("div", { class: `actor ${c.connected ? "" : "dead"}`, "data-channel": c.name },
+    el("b", { text: c.name }),
+    ` · ${c.connected ? "已连接" : c.login_needed ? `需要登录（xiaoai login ${c.name}）` : c.started ? "未连接" : "未启动"}`,
+    ` · 最近消息 ${fmtTime(c.last_event, tz)}`,
+    c.failure || c.last_error ? el("div", { class: "muted", text: c.failure || c.last_error }) : null)));
 }
 
 function renderDaily(days) {
@@ -153,6 +164,7 @@ function render(s) {
   dash.state = s;
   renderQueue(s);
   renderWorker(s.worker);
+  renderChannels(s.channels, s.timezone);
   renderDaily(s.daily);
   renderUsers(s);
   renderRecent(s);
@@ -161,21 +173,47 @@ function render(s) {
   document.body.dataset.ready = "1";
 }
 
+// The form is checked here first (the server checks again): an empty amount is not 0.
+function invalid(id, message) {
+  const field = document.getElementById(id);
+  field.setAttribute("aria-invalid", "true");
+  field.focus();
+  toast(message, "error");
+  return null;
+}
+
+function quotaAmount(op) {
+  const field = document.getElementById("quota-value");
+  field.removeAttribute("aria-invalid");
+  const raw = field.value.trim();
+  // a number input reports "" for text it cannot parse: treat both as missing
+  if (!raw) return invalid("quota-value", field.validity.badInput ? "数量需要是整数，例如 10。" : "请填写数量，例如 10。");
+  if (!/^[+-]?\d+$/.test(raw)) return invalid("quota-value", "数量需要是整数，例如 10。");
+  const value = Number(raw);
+  if (Math.abs(value) > 100000) return invalid("quota-value", "数量太大了，最多 100000。");
+  if (op === "set" && value < 0) return invalid("quota-value", "额度不能设为负数。");
+  if (op === "add" && value === 0) return invalid("quota-value", "增加 0 点不会有变化，请填写非 0 的数量（负数为扣减）。");
+  return value;
+}
+
 async function quotaAction(op) {
   const user_id = document.getElementById("quota-user").value;
-  const value = document.getElementById("quota-value").value;
-  const reason = document.getElementById("quota-reason").value;
-  if (!user_id) return toast("请先选择用户", "error");
+  const reason = document.getElementById("quota-reason").value.trim();
+  if (!user_id) return toast("请先选择用户。", "error");
+  if (reason.length > 200) return invalid("quota-reason", "原因太长了，最多 200 字。");
+  const value = op === "reset" ? null : quotaAmount(op);
+  if (op !== "reset" && value === null) return;
   try {
-    const data = await post("/api/dashboard/quota", { user_id, op, value: Number(value), reason });
+    const data = await post("/api/dashboard/quota", { user_id, op, value, reason });
     toast(data.message, "ok");
   } catch (e) { toast(e.message, "error"); }
 }
 
 async function banAction(banned) {
   const user_id = document.getElementById("quota-user").value;
-  const reason = document.getElementById("quota-reason").value;
-  if (!user_id) return toast("请先选择用户", "error");
+  const reason = document.getElementById("quota-reason").value.trim();
+  if (!user_id) return toast("请先选择用户。", "error");
+  if (reason.length > 200) return invalid("quota-reason", "原因太长了，最多 200 字。");
   try {
     const data = await post("/api/dashboard/ban", { user_id, banned, reason });
     toast(data.message, "ok");
@@ -184,9 +222,11 @@ async function banAction(banned) {
 
 async function showLedger() {
   const user_id = document.getElementById("quota-user").value;
-  if (!user_id) return;
+  if (!user_id) return toast("请先选择用户。", "error");
   const res = await fetch(`/api/dashboard/ledger/${encodeURIComponent(user_id)}`, { credentials: "same-origin" });
-  const data = await res.json();
+  if (res.status === 401) { location.reload(); return; }
+  const data = await res.json().catch(() => ({ ok: false, error: `HTTP ${res.status}` }));
+  if (!res.ok || !data.ok) return toast(data.error || `流水读取失败（HTTP ${res.status}）`, "error");
   const tz = dash.state ? dash.state.timezone : undefined;
   const KIND = { grant: "发放", spend: "消耗", refund: "退还", adjust: "调整", reset: "每日重置" };
   const box = document.getElementById("ledger");

@@ -1,7 +1,22 @@
 /* The playground page: a WeChat-like group chat with the bot, fed by server-sent events. */
 "use strict";
 
-const pg = { cfg: null, me: null, seen: new Set(), events: [], jobs: [], image: null };
+const pg = { cfg: null, me: null, seen: new Set(), events: [], jobs: [], image: null, quote: null, stick: true,
+  autoTop: -1 };
+
+// The chat stays at its newest message while the reader is there ("stick"): after new messages, after an
+// image or video finished loading (they grow the bubble later) and when the box itself shrinks (the job
+// list above the input appears). Scrolling up to read older messages turns it off until back at the end.
+function nearBottom(box) {
+  return box.scrollHeight - box.scrollTop - box.clientHeight < 80;
+}
+
+function keepBottom() {
+  const box = document.getElementById("messages");
+  if (!pg.stick) return;
+  box.scrollTop = box.scrollHeight;
+  pg.autoTop = box.scrollTop; // the scroll event this causes is ours, not the reader's
+}
 
 function userName(id) {
   if (pg.cfg && id === pg.cfg.bot_id) return pg.cfg.bot_name;
@@ -26,15 +41,24 @@ function renderEvent(ev) {
   const avatar = el("div", { class: `avatar ${isBot ? "bot" : ""}`, title: ev.sender_name },
     isBot ? "爱" : (ev.sender_name || "?").slice(0, 1));
   const body = el("div", { class: "bubble" });
+  if (ev.quote_url) { // a reply quoting an earlier picture
+    body.append(el("div", { class: "quote muted" }, "引用 ",
+      el("img", { src: ev.quote_url, alt: "被引用的图片", class: "quote-image", onload: keepBottom })));
+  }
   if (ev.image_url) {
     body.classList.add("media");
-    body.append(el("img", { src: ev.image_url, alt: "图片", class: "chat-image" }));
+    body.append(el("img", { src: ev.image_url, alt: "图片", class: "chat-image", onload: keepBottom }));
+    if (ev.kind === "user") { // quote it: `/视频 提示词` then animates this picture
+      body.append(el("button", { type: "button", class: "quote-btn", title: "引用这张图片回复",
+        onclick: () => setQuote(ev.image_url) }, "引用"));
+    }
   }
   if (ev.video_url) {
     body.classList.add("media");
     const video = el("video", {
       src: ev.video_url, poster: ev.cover_url, controls: true, muted: true, autoplay: true, playsinline: true,
-      preload: "auto", class: "chat-video", "data-job": ev.job_id,
+      preload: "auto", class: "chat-video", "data-job": ev.job_id, onloadedmetadata: keepBottom,
+      onloadeddata: keepBottom,
     });
     video.muted = true; // the attribute alone does not mute in every browser; autoplay needs muted
     body.append(video);
@@ -51,15 +75,16 @@ function addEvent(ev) {
   pg.seen.add(ev.seq);
   pg.events.push(ev);
   const box = document.getElementById("messages");
-  const atBottom = box.scrollHeight - box.scrollTop - box.clientHeight < 80;
+  if (ev.sender_id === pg.me) pg.stick = true; // what I just sent is always shown
   box.append(renderEvent(ev));
-  if (atBottom || ev.sender_id === pg.me) box.scrollTop = box.scrollHeight;
+  keepBottom();
 }
 
 function rerender() {
   const box = document.getElementById("messages");
   box.replaceChildren(...pg.events.map(renderEvent));
-  box.scrollTop = box.scrollHeight;
+  pg.stick = true;
+  keepBottom();
 }
 
 function renderJobs(jobs) {
@@ -102,6 +127,17 @@ function setImage(file) {
   preview.classList.remove("hidden");
 }
 
+function setQuote(url) {
+  pg.quote = url ? url.split("/").pop() : null;
+  const box = document.getElementById("quote");
+  if (!pg.quote) { box.classList.add("hidden"); return; }
+  document.getElementById("quote-img").src = url;
+  box.classList.remove("hidden");
+  const input = document.getElementById("text");
+  if (!input.value.trim()) input.value = "/视频 ";
+  input.focus();
+}
+
 async function send(event) {
   if (event) event.preventDefault();
   const input = document.getElementById("text");
@@ -111,17 +147,25 @@ async function send(event) {
   form.append("user_id", pg.me);
   form.append("text", text);
   if (pg.image) form.append("image", pg.image, pg.image.name || "image.png");
+  if (pg.quote && text.trim()) form.append("quote", pg.quote);
   const button = document.getElementById("send");
   button.disabled = true;
   try {
     const res = await fetch("/api/send", { method: "POST", body: form });
     const data = await res.json().catch(() => ({ ok: false, error: `HTTP ${res.status}` }));
     if (!res.ok || !data.ok) {
-      toast(data.error || `发送失败（HTTP ${res.status}）`, "error");
+      let text = data.error || `发送失败（HTTP ${res.status}）`;
+      if (data.field === "image" && pg.image) { // a refused picture must not ride along with the next message
+        setImage(null);
+        text += " 已移除这张图片，可以换一张或直接发文字。";
+      }
+      if (data.field === "quote") setQuote(null);
+      toast(text, "error");
       return;
     }
     input.value = "";
     setImage(null);
+    if (text.trim()) setQuote(null);
   } catch (e) {
     toast(`发送失败：${e}`, "error");
   } finally {
@@ -154,8 +198,14 @@ async function init() {
     rerender();
   });
   document.getElementById("composer").addEventListener("submit", send);
+  const box = document.getElementById("messages");
+  box.addEventListener("scroll", () => {
+    if (Math.abs(box.scrollTop - pg.autoTop) > 1) pg.stick = nearBottom(box);
+  }, { passive: true });
+  new ResizeObserver(keepBottom).observe(box);
   document.getElementById("image-input").addEventListener("change", (e) => setImage(e.target.files[0] || null));
   document.getElementById("preview-clear").addEventListener("click", () => setImage(null));
+  document.getElementById("quote-clear").addEventListener("click", () => setQuote(null));
   for (const chip of document.querySelectorAll("#chips button")) {
     chip.addEventListener("click", () => {
       const input = document.getElementById("text");
