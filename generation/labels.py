@@ -47,6 +47,9 @@ INSTALL_HINT = "apt-get install fonts-noto-cjk（或在 config.yaml 设置 label
 
 Position = Literal["bottom-right", "bottom-left", "top-right", "top-left"]
 
+# A subset of Noto Sans CJK SC (SIL OFL 1.1, see assets/OFL.txt) with the glyphs of the usual label texts
+# and ASCII: the default label draws on a machine without any CJK font. A system font is preferred.
+BUNDLED_FONT = Path(__file__).resolve().parent / "assets" / "label-font-sc.otf"
 # Where CJK fonts usually are (Debian/Ubuntu fonts-noto-cjk first; then Fedora/Arch, WenQuanYi, macOS, Windows).
 FONT_CANDIDATES: tuple[str, ...] = (
     "/usr/share/fonts/opentype/noto/NotoSansCJK-Regular.ttc",
@@ -302,6 +305,7 @@ def find_font(font_path: str | None, text: str) -> tuple[str, int]:
     candidates = [p for p in FONT_CANDIDATES if os.path.isfile(p)]
     if (matched := _fc_match()) is not None and matched not in candidates:
         candidates.append(matched)
+    candidates.append(str(BUNDLED_FONT))  # last: a subset that draws the default label wherever we run
     for path in candidates:
         if (face := _best_face(path, text)) is not None:
             return face

@@ -156,11 +156,16 @@ def test_missing_font_fails_loudly_naming_what_to_install(monkeypatch: pytest.Mo
     monkeypatch.setattr(labels_mod, "FONT_CANDIDATES", ())
     monkeypatch.setattr(labels_mod, "_fc_match", lambda: None)
     try:
+        # no CJK font on the machine: the default label draws with the bundled subset ...
+        VideoFinisher().check_ready()
+        assert find_font(None, LabelSettings().text)[0] == str(labels_mod.BUNDLED_FONT)
+        # ... a wording beyond its glyphs fails loudly, naming what to install
+        custom = LabelSettings(text="本视频由AI生成")
         with pytest.raises(LabelFontError, match="apt-get install fonts-noto-cjk"):
-            VideoFinisher().check_ready()
+            VideoFinisher(custom).check_ready()
         with pytest.raises(LabelFontError):
-            report_label_settings(LabelSettings())
-        VideoFinisher(LabelSettings(visible=False)).check_ready()  # nothing to draw: no font needed
+            report_label_settings(custom)
+        VideoFinisher(LabelSettings(visible=False, text="本视频由AI生成")).check_ready()  # nothing to draw
     finally:
         find_font.cache_clear()
     latin = Path("/usr/share/fonts/truetype/dejavu/DejaVuSans.ttf")
@@ -194,7 +199,7 @@ def test_the_bot_refuses_to_start_without_a_cjk_font(monkeypatch: pytest.MonkeyP
     monkeypatch.setattr(labels_mod, "FONT_CANDIDATES", ())
     monkeypatch.setattr(labels_mod, "_fc_match", lambda: None)
     try:
-        app = App(make_settings(tmp_path), LocalChannel(), run_worker=False)
+        app = App(make_settings(tmp_path, labels={"text": "本视频由AI生成"}), LocalChannel(), run_worker=False)
         with pytest.raises(StartupError, match="fonts-noto-cjk"):
             asyncio.run(app.start())
     finally:
