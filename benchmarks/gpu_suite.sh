@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The GPU figures of benchmarks/RESULTS.md, in device calls of under 10 minutes each (speed and more
 # give every row of the issue-5 table; ab says what each switch is worth).
-# Usage (on the GPU machine, repo root): bash benchmarks/gpu_suite.sh OUT_DIR [speed|more|caps|final|next|bucket|bucket2|verify|ab|768]
+# Usage (on the GPU machine, repo root): bash benchmarks/gpu_suite.sh OUT_DIR [speed|more|caps|final|next|bucket|bucket2|verify|ab|restart|768]
 #   speed: smoke checks (placements, side-stream decode, graphs under offload), miniflux 384p fast path
 #          (+ per-call DiT times), the 8 GiB and 4.5 GiB caps as planned, 384p without compile and without
 #          streaming (separate sampling / decode peaks)
@@ -14,6 +14,7 @@
 #          video), the 8 GiB cap on the fixed planner, and the fast path without the bucket in the same call
 #   bucket2: kernel kinds with and without text_bucket, the 8 GiB cap on the pool-aware planner
 #   verify: the fused text part of text_bucket: GPU equality, a new prompt length per video, kernel kinds
+#   restart: compile cache cold vs warm (two processes, one cache folder), the 8 GiB cap after the uint8 fix
 #   ab:    one switch off at a time (fusion, compile, side stream) and the cap variants left out of `speed`
 # Each step has its own time limit, so one failure keeps the rest. Steps that compile fall back to eager
 # when this machine cannot compile, and later steps then stop trying.
@@ -84,6 +85,13 @@ ab)  # what each switch is worth, and the cap variants `speed` leaves out
   step flux384_mainstream 80 full --model pyramid_flux --graphs --stream --planner --repeat 2 $(fast)
   step flux384_cap8_gpu 90 full --model pyramid_flux --graphs --stream --side-stream --mem-cap-gib 8 --repeat 2 $(fast)
   step flux384_cap4p5_planner 250 full --model pyramid_flux --graphs --stream --planner --mem-cap-gib 4.5 --repeat 1
+  ;;
+restart)  # 2026-12-06: the compile cache across worker restarts (a cold cache, then the same cache in a new
+  # process), and the 8 GiB row with the chunked uint8 step after the decode (it ran out of memory there)
+  export TORCHINDUCTOR_CACHE_DIR="$out/cc/inductor" TRITON_CACHE_DIR="$out/cc/triton"
+  step flux384_cache_cold 220 full --model pyramid_flux --graphs --stream --side-stream --planner --repeat 2 --compile
+  step flux384_cache_warm 150 full --model pyramid_flux --graphs --stream --side-stream --planner --repeat 2 --compile
+  step flux384_cap8_planner 150 full --model pyramid_flux --graphs --stream --side-stream --planner --mem-cap-gib 8 --repeat 2 --compile
   ;;
 768)
   step flux768_t31_fast 420 full --model pyramid_flux --variant 768p --temp 31 --graphs --stream --side-stream --planner --per-call --repeat 1 $(fast)

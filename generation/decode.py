@@ -40,8 +40,20 @@ def to_uint8(pixels: torch.Tensor) -> torch.Tensor:
     return x.permute(0, 2, 3, 4, 1).reshape(b * f, h, w, c)
 
 
-def to_uint8_frames(pixels: torch.Tensor) -> np.ndarray:
-    return to_uint8(pixels).cpu().numpy()
+# Frames converted per step by `to_uint8_frames`: the float32 copy of a whole 5 s 384p video is 342 MiB,
+# which under a small memory cap was the one allocation too many after sampling.
+UINT8_CHUNK_FRAMES = 8
+
+
+def to_uint8_frames(pixels: torch.Tensor, chunk_frames: int = UINT8_CHUNK_FRAMES) -> np.ndarray:
+    """`to_uint8` to the host a few frames at a time (same bytes, the device holds one chunk's copy)."""
+    f = pixels.shape[2]
+    parts = [to_uint8(pixels[:, :, i : i + chunk_frames]).cpu() for i in range(0, f, chunk_frames)]
+    if pixels.shape[0] > 1:  # [B, F] order of `to_uint8` is batch-major: regroup the chunks per sample
+        b = pixels.shape[0]
+        per = [p.reshape(b, -1, *p.shape[1:]) for p in parts]
+        return torch.cat(per, dim=1).reshape(-1, *parts[0].shape[1:]).numpy()
+    return torch.cat(parts, dim=0).numpy()
 
 
 def image_to_tensor(image: np.ndarray) -> torch.Tensor:
@@ -148,4 +160,5 @@ class StreamingFrameDecoder:
     def frames(self) -> np.ndarray:
         if self._side is not None:
             torch.cuda.current_stream(self._side.device).wait_stream(self._side)
-        return torch.cat(self.chunks, dim=0).cpu().numpy()
+        # to the host chunk by chunk: no second device copy of the whole video
+        return torch.cat([c.cpu() for c in self.chunks], dim=0).numpy()

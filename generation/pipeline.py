@@ -27,6 +27,7 @@ from generation.api import (
     Progress,
     ProgressFn,
 )
+from generation.compile_cache import use_compile_cache
 from generation.components import VARIANT_MAX_TEMP, PipelineComponents
 from generation.decode import DECODE_TILE, StreamingFrameDecoder, decode_to_frames, encode_image_latent
 from generation.finisher import VideoFinisher
@@ -415,6 +416,8 @@ def build_components(settings: GenerationSettings) -> PipelineComponents:
 def build_generator(settings: GenerationSettings) -> PyramidFlowGenerator:
     """The configured generator; the tiny random model (labelled) when settings.checkpoint is None
     (then with the tiny default step counts; steps given in a request are still honoured)."""
+    if settings.compile_dit is True or (settings.compile_dit == "auto" and torch.cuda.is_available()):
+        use_compile_cache(settings.compile_cache_dir)
     components = build_components(settings)
     if settings.checkpoint is None:
         settings = settings.model_copy(update={

@@ -39,6 +39,9 @@ class GenerationSettings(BaseModel):
     # (30-55 s on an H200) and falls back to eager if compiling fails. Needs Triton (CUDA) or a C++
     # compiler (CPU). "auto": on CUDA devices only (H200, miniflux 384p: 12.93 -> 10.81 s a video).
     compile_dit: bool | Literal["auto"] = "auto"
+    # where torch.compile keeps its caches across restarts (generation/compile_cache.py); null: torch's
+    # default folder in /tmp. TORCHINDUCTOR_CACHE_DIR / TRITON_CACHE_DIR in the environment win.
+    compile_cache_dir: Path | None = Path("var/cache/torch-compile")
     # one GEMM for the projections that share an input (q/k/v, and the MLP input of FLUX single blocks)
     # while the DiT is resident; no memory added (generation/models/fusion.py)
     fuse_projections: bool = True
