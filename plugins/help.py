@@ -33,7 +33,19 @@ class HelpPlugin(Plugin):
             f"选项示例：{video_example(ctx)}" + (f"；风格={next(iter(styles))}（见 /风格）" if styles else "")
             + "；不要=模糊,变形 写在最后。",
         ]
+        lines += _channel_lines(ctx, call)
         await ctx.reply(call.message, "\n".join(lines))
+
+
+def _channel_lines(ctx: PluginContext, call: CommandCall) -> list[str]:
+    """What this chat's platform allows (`ChannelCapabilities`): private-only bots, held videos."""
+    caps = ctx.capabilities(call.message.chat_id)
+    lines: list[str] = []
+    if not caps.groups:
+        lines.append("这个平台的机器人只能私聊：在这里直接发命令，视频也发到这里。")
+    if caps.deferred_hint:
+        lines.append(caps.deferred_hint.rstrip("。") + "。")
+    return lines
 
 
 # Most used first: what people come for, then what they need while waiting, then the rest.

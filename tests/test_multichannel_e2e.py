@@ -178,6 +178,8 @@ async def test_replayed_messages_after_a_restart_are_not_answered_again(tmp_path
         try:
             fake.push_text(WX_USER, "/帮助")
             await _until(lambda: len(fake.texts(WX_USER)) >= 2, what="the second answer")
+            help_text = fake.texts(WX_USER)[-1]  # /帮助 says what this platform allows
+            assert "只能私聊" in help_text and "回复任意消息即可领取" in help_text
             await asyncio.sleep(0.5)
             texts = fake.texts(WX_USER)
             assert len(texts) == 2 and texts[0].startswith("剩余额度") and "/视频" in texts[1]
