@@ -5,6 +5,7 @@ bot's own event loop."""
 from __future__ import annotations
 
 import asyncio
+import json
 import socket
 import time
 from pathlib import Path
@@ -135,6 +136,12 @@ async def test_console_serves_health_metrics_and_the_dashboard_on_the_hub(tmp_pa
                                       headers=AUTH))
             assert done.status_code == 200 and done.json()["ok"]
             assert app.quota.audit_log(5)[0].action in ("add", "adjust")
+            # the effective settings, read-only: secrets are said to be set, never shown
+            assert (await client.get("/api/dashboard/settings")).status_code == 401
+            shown = (await client.get("/api/dashboard/settings", headers=AUTH)).json()
+            assert shown["settings"]["quota"]["daily"] == app.settings.quota.daily
+            assert shown["secrets"]["XIAOAI_DASHBOARD_TOKEN"] in (True, False)
+            assert TOKEN not in json.dumps(shown)
             page = await client.get("/dashboard", headers=AUTH)
             assert page.status_code == 200 and "<html" in page.text.lower()
             video = await client.get(f"/media/video/{first.id}")

@@ -399,8 +399,12 @@ def test_quote_button_sends_the_picture_with_the_text(page: Any, server: Playgro
     act_as(page, "小美")
     page.set_input_files("#image-input", files=[{"name": "beach.png", "mimeType": "image/png", "buffer": beach_png()}])
     page.wait_for_selector("#preview:not(.hidden)")
+    buttons = page.locator(".msg.mine[data-kind='user'] .quote-btn")
+    before = buttons.count()
     page.click("#send")  # the picture alone
-    page.locator(".msg.mine[data-kind='user'] .quote-btn").last.click()
+    page.wait_for_function(  # its own message is on the page (earlier tests' pictures may be there too)
+        "n => document.querySelectorAll(\".msg.mine[data-kind='user'] .quote-btn\").length > n", arg=before)
+    buttons.last.click()
     page.wait_for_selector("#quote:not(.hidden)")
     assert page.input_value("#text") == "/视频 "
     say(page, "/风格")  # answered without charging; the message still carries the quoted picture

@@ -35,6 +35,7 @@ import hmac
 import html
 import json
 import logging
+import os
 import re
 import sys
 from collections.abc import AsyncIterator
@@ -439,6 +440,35 @@ async def api_events(request: Request) -> Response:
     return StreamingResponse(stream(), media_type="text/event-stream", headers={"Cache-Control": "no-cache"})
 
 
+# Environment variables whose values are secrets: the console says whether each is set, never its value.
+_SECRET_ENV = ("WECHATY_PUPPET_SERVICE_TOKEN", "XIAOAI_DASHBOARD_TOKEN", "XIAOAI_WECOM_SECRET", "XIAOAI_QQ_SECRET",
+               "XIAOAI_TRANSLATE_API_KEY", "XIAOAI_MODERATION_API_KEY", "HF_TOKEN")
+_SECRETISH = re.compile(r"(token|secret|password|api_key)$", re.I)
+
+
+def _masked(value: Any) -> Any:
+    """The settings as JSON with any secret-looking key masked (none should be there: the loader refuses
+    secrets in config.yaml; this is the second lock)."""
+    if isinstance(value, dict):
+        return {k: ("***" if _SECRETISH.search(str(k)) and v else _masked(v)) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_masked(v) for v in value]
+    return value
+
+
+def effective_settings(deps: Any) -> dict[str, Any]:
+    """Read-only view for the console: the effective settings (file + environment overrides) and which
+    secret variables are set."""
+    return {"settings": _masked(deps.settings.model_dump(mode="json")),
+            "secrets": {name: bool(os.environ.get(name)) for name in _SECRET_ENV}}
+
+
+async def api_settings(request: Request) -> Response:
+    if (refused := _guard(request)) is not None:
+        return refused
+    return JSONResponse(effective_settings(request.app.state.deps), headers={"Cache-Control": "no-store"})
+
+
 async def api_ledger(request: Request) -> Response:
     if (refused := _guard(request)) is not None:
         return refused
@@ -566,6 +596,7 @@ def dashboard_routes() -> list[Route]:
         Route("/api/dashboard/state", api_state),
         Route("/api/dashboard/events", api_events),
         Route("/api/dashboard/ledger/{user_id:str}", api_ledger),
+        Route("/api/dashboard/settings", api_settings),
         Route("/api/dashboard/quota", api_quota, methods=["POST"]),
         Route("/api/dashboard/ban", api_ban, methods=["POST"]),
         Route("/api/dashboard/cancel", api_cancel, methods=["POST"]),

@@ -240,7 +240,19 @@ async function showLedger() {
       el("td", { class: "mono", text: r.actor_id || "" }), el("td", { text: r.reason }))))));
 }
 
+async function showSettings() {
+  const res = await fetch("/api/dashboard/settings", { credentials: "same-origin" });
+  if (!res.ok) { toast(`读取配置失败（HTTP ${res.status}）`, "error"); return; }
+  const body = await res.json();
+  document.getElementById("secrets").textContent = "密钥：" + Object.entries(body.secrets)
+    .map(([name, set]) => `${name} ${set ? "已设置" : "未设置"}`).join("，");
+  document.getElementById("settings-json").textContent = JSON.stringify(body.settings, null, 2);
+}
+
 async function init() {
+  document.getElementById("settings-details").addEventListener("toggle", (e) => {
+    if (e.target.open) showSettings().catch((err) => toast(`读取配置失败：${err}`, "error"));
+  });
   for (const button of document.querySelectorAll("#quota-form button[data-op]")) {
     button.addEventListener("click", () => quotaAction(button.dataset.op));
   }
