@@ -8,6 +8,7 @@ client library never stops the others.
 
 from __future__ import annotations
 
+import importlib
 import logging
 import os
 from collections.abc import Mapping
@@ -16,6 +17,14 @@ from bot.channel import Channel
 from bot.settings import Settings
 
 log = logging.getLogger(__name__)
+
+
+# The official channels: settings section name -> (adapter module, class). Imported only when enabled.
+OFFICIAL: dict[str, tuple[str, str]] = {
+    "clawbot": ("bot.channels.clawbot.adapter", "ClawbotChannel"),
+    "wecom": ("bot.channels.wecom.adapter", "WecomChannel"),
+    "qq": ("bot.channels.qq.adapter", "QQChannel"),
+}
 
 
 def build_channels(settings: Settings, environ: Mapping[str, str] | None = None) -> tuple[list[Channel], dict[str, str]]:
@@ -30,29 +39,15 @@ def build_channels(settings: Settings, environ: Mapping[str, str] | None = None)
             channels.append(WechatyChannel.from_settings(settings, env))
         except Exception as exc:  # ImportError of the wechaty stack, bad endpoint, ...
             problems["wechat"] = f"{type(exc).__name__}: {exc}"
-    section = settings.channels
-    bot_name = settings.bot.name
-    if section.clawbot.enabled:
+    for name, (module, cls) in OFFICIAL.items():
+        section = getattr(settings.channels, name)
+        if not section.enabled:
+            continue
+        if getattr(section, "bot_name", "unset") is None:  # "@小爱" in groups: the bot's own name by default
+            section = section.model_copy(update={"bot_name": settings.bot.name})
         try:
-            from bot.channels.clawbot.adapter import ClawbotChannel
-
-            channels.append(ClawbotChannel(section.clawbot, environ=env))
-        except Exception as exc:
-            problems["clawbot"] = f"{type(exc).__name__}: {exc}"
-    if section.wecom.enabled:
-        try:
-            from bot.channels.wecom.adapter import WecomChannel
-
-            wecom = section.wecom if section.wecom.bot_name else section.wecom.model_copy(update={"bot_name": bot_name})
-            channels.append(WecomChannel(wecom, environ=env))
-        except Exception as exc:
-            problems["wecom"] = f"{type(exc).__name__}: {exc}"
-    if section.qq.enabled:
-        try:
-            from bot.channels.qq.adapter import QQChannel
-
-            qq = section.qq if section.qq.bot_name else section.qq.model_copy(update={"bot_name": bot_name})
-            channels.append(QQChannel(qq, environ=env))
-        except Exception as exc:
-            problems["qq"] = f"{type(exc).__name__}: {exc}"
+            adapter = getattr(importlib.import_module(module), cls)
+            channels.append(adapter(section, environ=env))
+        except Exception as exc:  # a broken optional client library never stops the others
+            problems[name] = f"{type(exc).__name__}: {exc}"
     return channels, problems
