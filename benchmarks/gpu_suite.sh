@@ -14,6 +14,7 @@
 #          video), the 8 GiB cap on the fixed planner, and the fast path without the bucket in the same call
 #   bucket2: kernel kinds with and without text_bucket, the 8 GiB cap on the pool-aware planner
 #   verify: the fused text part of text_bucket: GPU equality, a new prompt length per video, kernel kinds
+#   cap8tile: the 8 GiB cap with 128 and with 256 px decode tiles after sampling (reserved peaks)
 #   restart: compile cache cold vs warm (two processes, one cache folder), the 8 GiB cap after the uint8 fix
 #   ab:    one switch off at a time (fusion, compile, side stream) and the cap variants left out of `speed`
 # Each step has its own time limit, so one failure keeps the rest. Steps that compile fall back to eager
@@ -92,6 +93,12 @@ restart)  # 2026-12-06: the compile cache across worker restarts (a cold cache, 
   step flux384_cache_cold 220 full --model pyramid_flux --graphs --stream --side-stream --planner --repeat 2 --compile
   step flux384_cache_warm 150 full --model pyramid_flux --graphs --stream --side-stream --planner --repeat 2 --compile
   step flux384_cap8_planner 150 full --model pyramid_flux --graphs --stream --side-stream --planner --mem-cap-gib 8 --repeat 2 --compile
+  ;;
+cap8tile)  # 2026-12-06: under the 8 GiB cap, the decode after sampling with the plan's 128 px tiles and with
+  # 256 px tiles; the allocator's reserved peak (what the cap is enforced on) is now in the output
+  export TORCHINDUCTOR_CACHE_DIR="$out/cc/inductor" TRITON_CACHE_DIR="$out/cc/triton"
+  step flux384_cap8_tile128 150 full --model pyramid_flux --graphs --stream --side-stream --planner --mem-cap-gib 8 --repeat 2 --compile --decode-tile 128
+  step flux384_cap8_tile256 150 full --model pyramid_flux --graphs --stream --side-stream --planner --mem-cap-gib 8 --repeat 2 --compile --decode-tile 256
   ;;
 768)
   step flux768_t31_fast 420 full --model pyramid_flux --variant 768p --temp 31 --graphs --stream --side-stream --planner --per-call --repeat 1 $(fast)

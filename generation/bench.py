@@ -45,6 +45,11 @@ class _Mem:
     def peak(self) -> float:
         return torch.cuda.max_memory_allocated(self.device) / 2**30 if self.cuda else 0.0
 
+    def peak_reserved(self) -> float:
+        """What the caching allocator held at most (graph pools and fragmentation included): the figure a
+        memory cap is enforced against."""
+        return torch.cuda.max_memory_reserved(self.device) / 2**30 if self.cuda else 0.0
+
     def reset(self) -> None:
         if self.cuda:
             torch.cuda.reset_peak_memory_stats(self.device)
@@ -211,6 +216,8 @@ def cmd_full(args: argparse.Namespace) -> int:
         fuse_projections(dit)
     if args.untiled:
         tile = None
+    if args.decode_tile:  # try another tile than the plan's (to measure what would fit under a cap)
+        tile = args.decode_tile
     dit.text_bucket = args.text_bucket
     use = pm.use if pm is not None else (lambda *_m: contextlib.nullcontext())
     _sync()
@@ -282,6 +289,7 @@ def cmd_full(args: argparse.Namespace) -> int:
                           "placement": pm.placement.value if pm is not None else "gpu",
                           "total_s": round(t2 - t0, 2), "sampling_s": round(t1 - t0, 2),
                           "decode_s": round(t2 - t1, 2), "peak_gib": round(peak, 3),
+                          "peak_reserved_gib": round(mem.peak_reserved(), 3),
                           "peak_sampling_gib": round(peak_sampling, 3), "peak_decode_gib": round(peak_decode, 3),
                           "weights_gib": round(weights, 3), "device": mem.name(),
                           "torch": torch.__version__}))
@@ -502,6 +510,7 @@ def main(argv: list[str] | None = None) -> int:
             p.add_argument("--stream", action="store_true", help="decode each unit as soon as it is generated")
             p.add_argument("--graphs", action="store_true", help="replay DiT forwards from CUDA graphs")
             p.add_argument("--untiled", action="store_true", help="decode without spatial tiles")
+            p.add_argument("--decode-tile", type=int, default=0, help="VAE decode tile in px, overriding the plan's")
             p.add_argument("--compile", action="store_true", help="run the DiT blocks under torch.compile")
             p.add_argument("--tiny-models", action="store_true", help="dry run with the tiny models (no GPU needed)")
             p.add_argument("--side-stream", action="store_true", help="streamed decode on its own CUDA stream")
