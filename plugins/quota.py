@@ -19,10 +19,10 @@ from __future__ import annotations
 import logging
 import re
 from datetime import datetime
-from typing import Any
 from zoneinfo import ZoneInfo
 
 from bot.plugin import CommandCall, Plugin, PluginContext, TargetError, command
+from bot.store.audit_text import audit_text
 from bot.timefmt import format_next_reset
 
 log = logging.getLogger(__name__)
@@ -35,7 +35,6 @@ REASON_TEXT = {
     "failed": "生成失败退还", "delivery failed": "发送失败退还", "admin set": "管理员设置",
     "admin add": "管理员调整", "admin reset to daily allowance": "管理员恢复为每日额度",
 }
-STATE_TEXT = {"queued": "排队中", "running": "生成中"}
 ACTOR_TEXT = {"dashboard": "管理后台"}  # bot.web.dashboard.DASHBOARD_ACTOR
 
 
@@ -55,29 +54,6 @@ def who(user_id: str | None, names: dict[str, str]) -> str:
         return ACTOR_TEXT[user_id]
     name = names.get(user_id)
     return f"{name}（{user_id}）" if name and name != user_id else user_id
-
-
-def audit_text(action: str, target: str, detail: dict[str, Any]) -> str:
-    """One admin action as a Chinese phrase (the audit row's detail is a dict written by QuotaBook/JobQueue)."""
-    why = f"，原因：{detail['reason']}" if detail.get("reason") else ""
-    if action == "set":
-        return f"把 {target} 的额度设为 {detail.get('after')} 点（原来 {detail.get('before')} 点）{why}"
-    if action == "add":
-        applied, asked = detail.get("applied", 0), detail.get("requested", detail.get("applied", 0))
-        verb = f"给 {target} 加了 {applied} 点" if applied >= 0 else f"扣了 {target} {-applied} 点"
-        capped = f"（要求 {asked:+d}，余额不够扣）" if asked != applied else ""
-        return f"{verb}{capped}，{detail.get('before')} → {detail.get('after')} 点{why}"
-    if action == "reset":
-        return f"把 {target} 的额度恢复为每日额度，{detail.get('before')} → {detail.get('after')} 点"
-    if action == "ban":
-        return f"暂停了 {target} 使用视频生成{'（之前已暂停）' if detail.get('already') else ''}{why}"
-    if action == "unban":
-        return f"恢复了 {target} 使用视频生成{'' if detail.get('was_banned', True) else '（之前未暂停）'}"
-    if action == "cancel":
-        state = STATE_TEXT.get(str(detail.get("was", "")), "")
-        return f"取消了 {target} 的任务 #{detail.get('job_id')}{f'（{state}）' if state else ''}{why}"
-    rest = "，".join(f"{k} {v}" for k, v in detail.items())
-    return f"{action} {target}{f'（{rest}）' if rest else ''}"
 
 
 def split_value(tokens: tuple[str, ...]) -> tuple[int, str]:

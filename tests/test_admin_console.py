@@ -136,6 +136,8 @@ async def test_console_serves_health_metrics_and_the_dashboard_on_the_hub(tmp_pa
                                       headers=AUTH))
             assert done.status_code == 200 and done.json()["ok"]
             assert app.quota.audit_log(5)[0].action in ("add", "adjust")
+            audit = (await client.get("/api/dashboard/state", headers=AUTH)).json()["audit"]
+            assert "加了 2 点" in audit[0]["text"] and "{" not in audit[0]["text"]  # words, not a dict
             # the effective settings, read-only: secrets are said to be set, never shown
             assert (await client.get("/api/dashboard/settings")).status_code == 401
             shown = (await client.get("/api/dashboard/settings", headers=AUTH)).json()

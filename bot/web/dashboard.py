@@ -53,6 +53,7 @@ from starlette.routing import Route
 from bot.jobs.models import PENDING_STATES, Job, JobState
 from bot.messages import OutgoingText
 from bot.permissions import Permissions
+from bot.store.audit_text import audit_text
 from bot.web.common import STATIC_DIR, same_origin, sse
 
 log = logging.getLogger(__name__)
@@ -277,6 +278,17 @@ def _worker(deps: Any) -> dict[str, Any]:
     return info
 
 
+def _audit_phrase(row: Any) -> str:
+    """The audit row as the chat's /审计 words it (the detail may be stored as JSON text)."""
+    detail = row.detail
+    if isinstance(detail, str):
+        try:
+            detail = json.loads(detail)
+        except ValueError:
+            return detail
+    return audit_text(row.action, row.target_id or "", detail if isinstance(detail, dict) else {})
+
+
 def dashboard_state(deps: Any) -> dict[str, Any]:
     snapshot: list[Job] = deps.queue.snapshot()
     cancellable = cancellable_job_ids(deps, snapshot)
@@ -286,7 +298,7 @@ def dashboard_state(deps: Any) -> dict[str, Any]:
         item["cancellable"] = item["id"] in cancellable
     recent_jobs = deps.queue.recent(RECENT)
     audit = [{"id": a.id, "actor_id": a.actor_id, "action": a.action, "target_id": a.target_id, "detail": a.detail,
-              "ts": a.ts} for a in deps.quota.audit_log(30)]
+              "text": _audit_phrase(a), "ts": a.ts} for a in deps.quota.audit_log(30)]
     return {
         "now": deps.clock(), "timezone": deps.settings.quota.timezone,
         "counts": deps.queue.counts(),

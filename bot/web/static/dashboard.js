@@ -156,7 +156,7 @@ function renderAudit(s) {
   document.getElementById("audit").replaceChildren(...(s.audit.length ? s.audit.map((a) => el("tr", {},
     el("td", { text: fmtTime(a.ts, s.timezone) }), el("td", { class: "mono", text: a.actor_id }),
     el("td", { text: ACTION_TEXT[a.action] || a.action }), el("td", { class: "mono", text: a.target_id || "—" }),
-    el("td", { class: "mono", text: JSON.stringify(a.detail) }))) :
+    el("td", { text: a.text || JSON.stringify(a.detail) }))) :
     [el("tr", {}, el("td", { colspan: 5, class: "muted" }, "还没有管理操作记录。"))]));
 }
 
