@@ -74,8 +74,10 @@ def act_as(page: Any, name: str) -> None:
 
 
 def say(page: Any, text: str) -> None:
+    """Type and send `text`, and wait until the page's POST has answered (the send button is enabled again)."""
     page.fill("#text", text)
     page.click("#send")
+    page.wait_for_function("() => !document.getElementById('send').disabled")
 
 
 def bot_reply(page: Any, name: str, contains: str, timeout_ms: int = 20_000) -> str:
@@ -411,3 +413,14 @@ def test_quote_button_sends_the_picture_with_the_text(page: Any, server: Playgro
     assert "可选风格" in bot_reply(page, "小美", "可选风格")
     page.locator(".msg.mine[data-kind='user']", has_text="/风格").locator(".quote img").wait_for()
     page.wait_for_selector("#quote.hidden", state="attached")
+
+
+def test_text_typed_while_a_message_is_sending_is_kept(page: Any, server: Playground) -> None:
+    """The box is emptied only if it still holds what was sent: the next message typed meanwhile stays."""
+    act_as(page, "小明")
+    page.evaluate("""() => { const box = document.getElementById("text");
+                             box.value = "/队列"; document.getElementById("send").click();
+                             box.value = "/额度"; }""")  # typed before the first POST has answered
+    bot_reply(page, "小明", "当前队列")
+    page.wait_for_function("() => !document.getElementById('send').disabled")
+    assert page.input_value("#text") == "/额度"

@@ -163,7 +163,7 @@ async function send(event) {
       toast(text, "error");
       return;
     }
-    input.value = "";
+    if (input.value === text) input.value = ""; // what was typed while this was sending stays
     setImage(null);
     if (text.trim()) setQuote(null);
   } catch (e) {
