@@ -195,21 +195,28 @@ def backup(db_path: Path | str, dest: Path | str, *, overwrite: bool = False,
     src = sqlite3.connect(str(db_path), timeout=busy_timeout_ms / 1000, isolation_level=None)
     try:
         src.execute(f"PRAGMA busy_timeout = {int(busy_timeout_ms)}")
-        dst = _copy(src, tmp)
+        info = _copy_checked(src, tmp, dest, began)
     finally:
         src.close()
-    try:
-        info = _info(dst, dest, began)
-    finally:
-        dst.close()
-    with open(tmp, "rb") as fh:
-        os.fsync(fh.fileno())
     os.replace(tmp, dest)
     _fsync_dir(dest.parent)
     info = BackupInfo(path=dest, bytes=dest.stat().st_size, schema_version=info.schema_version, rows=info.rows,
                       seconds=time.monotonic() - began)
     log.info("backup of %s written to %s (%d bytes, schema %d, %s)", db_path, dest, info.bytes,
              info.schema_version, info.rows)
+    return info
+
+
+def _copy_checked(src: sqlite3.Connection, tmp: Path, target: Path, began: float) -> BackupInfo:
+    """Copy `src` into the file `tmp`, check the copy (`_info`) and flush it to disk; `tmp` is then ready to be
+    moved over `target`. The one copy step of backup and restore."""
+    dst = _copy(src, tmp)
+    try:
+        info = _info(dst, target, began)
+    finally:
+        dst.close()
+    with open(tmp, "rb") as fh:
+        os.fsync(fh.fileno())
     return info
 
 
@@ -238,15 +245,9 @@ def restore(source: Path | str, db_path: Path | str, *, now: float | None = None
             if version > SCHEMA_VERSION:
                 raise BackupError(f"{source} has schema version {version}, newer than this program's "
                                   f"({SCHEMA_VERSION})")
-            dst = _copy(src, tmp)
+            info = _copy_checked(src, tmp, db_path, began)
         finally:
             src.close()
-        try:
-            info = _info(dst, db_path, began)
-        finally:
-            dst.close()
-        with open(tmp, "rb") as fh:
-            os.fsync(fh.fileno())
         kept = None
         if db_path.exists():
             old = sqlite3.connect(str(db_path), isolation_level=None)
