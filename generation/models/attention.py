@@ -49,6 +49,7 @@ import torch
 import torch.nn.functional as F
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
+from generation.models.norm_rope import norm_rope
 from generation.models.positions import apply_rope
 
 log = logging.getLogger(__name__)
@@ -456,6 +457,37 @@ class AttnContext:
     backend: Backend
     compiled: bool = False  # the blocks run under torch.compile: attention stays eager (a graph break)
     key_valid: torch.Tensor | None = None  # bool [B, L]: False at text pads (DiT `text_bucket` mode)
+    norm_rope: bool = False  # q/k norms, the text/image join and RoPE in one kernel where it runs (`norm_rope`)
+
+
+def _rms_weight_eps(norm: Any) -> tuple[torch.Tensor, float] | None:
+    """(weight, eps) of a `torch.nn.RMSNorm` with a weight and an explicit eps, else None."""
+    if isinstance(norm, torch.nn.RMSNorm) and norm.weight is not None and norm.eps is not None:
+        return norm.weight, float(norm.eps)
+    return None
+
+
+def _fused_qk(
+    attn: Any, q: torch.Tensor, k: torch.Tensor, text: tuple[torch.Tensor | None, torch.Tensor] | None,
+    rope: torch.Tensor | None, lt: int, image_only: bool, added: tuple[str, str],
+) -> tuple[torch.Tensor, torch.Tensor] | None:  # fmt: skip
+    """q and k through `norm_rope` ([B, L, H, D] raw projections in, normalised, joined, rotated out), or
+    None where the norms are not plain RMSNorms (the caller then runs the torch ops). The caller decided
+    that the kernel runs on this device (`AttnContext.norm_rope`)."""
+    nq, nk = _rms_weight_eps(attn.norm_q), _rms_weight_eps(attn.norm_k)
+    if nq is None or nk is None:
+        return None
+    if text is None:
+        return (norm_rope(None, None, q, nq[0], rope, eps=nq[1]), norm_rope(None, None, k, nk[0], rope, eps=nk[1]))
+    tq, tk = text
+    naq, nak = _rms_weight_eps(getattr(attn, added[0], None)), _rms_weight_eps(getattr(attn, added[1], None))
+    if nak is None or nak[1] != nk[1] or (not image_only and (naq is None or naq[1] != nq[1])):
+        return None
+    k = norm_rope(tk, nak[0], k, nk[0], rope, eps=nk[1])
+    if image_only:
+        return norm_rope(None, None, q, nq[0], rope, table_offset=lt, eps=nq[1]), k
+    assert naq is not None and tq is not None
+    return norm_rope(tq, naq[0], q, nq[0], rope, eps=nq[1]), k
 
 
 class PyramidAttnProcessor:
@@ -501,15 +533,12 @@ class PyramidAttnProcessor:
         # are row-wise, and attention takes [B, H, L, D] *views* of it (SDPA reads strided q/k/v and
         # writes its output in this layout), so no transposed copies are made on either side.
         d = q.shape[-1] // heads
-        q = attn.norm_q(q.view(b, n, heads, d))
-        k = attn.norm_k(k.view(b, n, heads, d))
-        v = v.view(b, n, heads, d)
+        q, k, v = q.view(b, n, heads, d), k.view(b, n, heads, d), v.view(b, n, heads, d)
         image_only = False
         lt = 0
+        text_qk: tuple[torch.Tensor | None, torch.Tensor] | None = None
         if encoder_hidden_states is not None:
             lt = encoder_hidden_states.shape[1]
-            norm_aq = getattr(attn, self.added_q_norm)
-            norm_ak = getattr(attn, self.added_k_norm)
             image_only = bool(getattr(attn, "context_pre_only", False))
             fused_text = getattr(attn, "fused_added_qkv", None)
             if fused_text is not None:
@@ -518,15 +547,25 @@ class PyramidAttnProcessor:
             else:
                 tk_lin, tv_lin = attn.add_k_proj(encoder_hidden_states), attn.add_v_proj(encoder_hidden_states)
                 tq_lin = None if image_only else attn.add_q_proj(encoder_hidden_states)
-            k = torch.cat([norm_ak(tk_lin.view(b, lt, heads, d)), k], dim=1)
+            text_qk = (None if tq_lin is None else tq_lin.view(b, lt, heads, d), tk_lin.view(b, lt, heads, d))
             v = torch.cat([tv_lin.view(b, lt, heads, d), v], dim=1)
-            if not image_only:
-                assert tq_lin is not None
-                q = torch.cat([norm_aq(tq_lin.view(b, lt, heads, d)), q], dim=1)
-        if ctx.rope is not None:
-            table = ctx.rope.unsqueeze(1)  # [L, 1, D/2, 2]: one rotation per token, shared by the heads
-            q = apply_rope(q, table[ctx.plan.text_len :] if image_only else table, real=ctx.compiled)
-            k = apply_rope(k, table, real=ctx.compiled)
+        fused_qk = None
+        if ctx.norm_rope:
+            fused_qk = _fused_qk(attn, q, k, text_qk, ctx.rope, lt, image_only,
+                                 (self.added_q_norm, self.added_k_norm))  # fmt: skip
+        if fused_qk is not None:
+            q, k = fused_qk
+        else:
+            q, k = attn.norm_q(q), attn.norm_k(k)
+            if text_qk is not None:
+                tq, tk = text_qk
+                k = torch.cat([getattr(attn, self.added_k_norm)(tk), k], dim=1)
+                if tq is not None:
+                    q = torch.cat([getattr(attn, self.added_q_norm)(tq), q], dim=1)
+            if ctx.rope is not None:
+                table = ctx.rope.unsqueeze(1)  # [L, 1, D/2, 2]: one rotation per token, shared by the heads
+                q = apply_rope(q, table[ctx.plan.text_len :] if image_only else table, real=ctx.compiled)
+                k = apply_rope(k, table, real=ctx.compiled)
         q, k, v = q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)
         o = (_attend_eager if ctx.compiled else attend)(
             q, k, v, ctx.plan, ctx.backend, image_only=image_only, key_valid=ctx.key_valid

@@ -21,6 +21,7 @@ from generation.models.attention import (
     text_order,
 )
 from generation.models.blocks import BlockRunners
+from generation.models.norm_rope import kernel_usable
 from generation.models.positions import TokenLayout, token_layout
 
 log = logging.getLogger(__name__)
@@ -67,6 +68,9 @@ class PyramidDiTBase(nn.Module):
         # per text mask. > 0: pads are masked out by a key mask read from the device, the text is kept to a
         # multiple of `text_bucket` tokens, and one plan (one graph) serves every mask of that bucket.
         self.text_bucket = 0
+        # q/k norms, text/image join and RoPE in one Triton kernel where Triton runs (`norm_rope`); off
+        # gives the torch ops (Inductor's kernels when compiled), for comparison
+        self.norm_rope_kernel = True
 
     def compile_blocks(self, enabled: bool = True, **options: object) -> None:
         """Run the transformer blocks under `torch.compile` (exact up to floating-point reassociation by the
@@ -179,7 +183,9 @@ class PyramidDiTBase(nn.Module):
         return ForwardPlan(layout, attention, order, rope, pos)
 
     def context(self, plan: ForwardPlan, key_valid: torch.Tensor | None = None) -> AttnContext:
-        return AttnContext(plan.attention, plan.rope, self.attention_backend, self.runners.compiled, key_valid)
+        norm_rope = self.norm_rope_kernel and kernel_usable(plan.attention.tau.device.type)
+        return AttnContext(plan.attention, plan.rope, self.attention_backend, self.runners.compiled, key_valid,
+                           norm_rope)  # fmt: skip
 
     def text_and_context(
         self, text: torch.Tensor, encoder_attention_mask: torch.Tensor, plan: ForwardPlan
