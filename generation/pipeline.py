@@ -37,6 +37,7 @@ from generation.limits import DURATION_TO_TEMP
 from generation.memory import Placement, PlacementManager, cap_cuda_memory
 from generation.models.fusion import fuse_projections, unfuse_projections
 from generation.models.graphed import GraphedDiT
+from generation.models.linear_gelu import use_gelu_epilogue
 from generation.planner import (
     Footprint,
     PlacementPlan,
@@ -121,8 +122,12 @@ class PyramidFlowGenerator:
         if not fuse:  # block streaming and model moves handle the parameters one by one
             unfuse_projections(c.dit)
         placement.prepare(streamed=streamed, swapped=[c.vae])
+        # On CUDA the tanh-GELU projections take cuBLASLt's GELU epilogue (`linear_gelu`); the single blocks'
+        # MLP input then gets its own GEMM instead of sharing q/k/v's
+        epilogue = placement.device.type == "cuda" and getattr(c.dit, "gelu_epilogue", False)
+        use_gelu_epilogue(c.dit, epilogue)
         if fuse:
-            fuse_projections(c.dit)
+            fuse_projections(c.dit, single_mlp=not epilogue)
         streamed_dit = placement.placement is Placement.SEQUENTIAL_OFFLOAD and self.settings.offload_cuda_graphs
         # Under model offload the DiT comes to the GPU for each job and leaves after it, so its graphs are
         # captured per job and dropped before it leaves (they point at its weights' addresses). Capturing a

@@ -114,3 +114,47 @@ def test_the_split_output_projection_equals_the_concatenated_one() -> None:
         joined = dit(*args)
     assert (split - joined).abs().max() < 1e-5 * joined.abs().max()
     assert not torch.equal(split, torch.zeros_like(split))
+
+
+def test_the_gelu_epilogue_call_is_the_projection_and_tanh_gelu(monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    import torch.nn.functional as F
+
+    import generation.models.linear_gelu as lg
+
+    torch.manual_seed(0)
+    lin = torch.nn.Linear(24, 40)
+    x = torch.randn(2, 7, 24)
+    # the CUDA branch's call, run by torch on the CPU, whose fallback of it takes the erf GELU (cuBLASLt's
+    # epilogue takes the tanh form; that difference is what the first-use check on a device is for)
+    monkeypatch.setattr(lg, "_epilogue_runs", lambda t: True)
+    monkeypatch.setattr(lg, "_AGREES", {})
+    with torch.no_grad():
+        got = lg._epilogue(x, lin.weight, lin.bias)
+        assert torch.allclose(got, F.gelu(lin(x)), rtol=1e-5, atol=1e-6)
+        # the first use compares with the tanh form: 2e-4 apart here, so it is taken and recorded
+        used = lg.linear_gelu(x, lin)
+    assert lg._AGREES == {"cpu": True}
+    assert torch.equal(used, got)
+    lg._AGREES["cpu"] = False  # a device where they disagreed: the plain form from then on
+    with torch.no_grad():
+        assert torch.equal(lg.linear_gelu(x, lin), F.gelu(lin(x), approximate="tanh"))
+
+
+def test_single_blocks_fused_without_their_mlp_give_the_same_velocity() -> None:
+    from generation.models.fusion import fuse_projections, unfuse_projections
+    from generation.models.linear_gelu import use_gelu_epilogue
+
+    dit = tiny_dit("pyramid_flux", single_layers=2)
+    args = random_dit_inputs([5, 3], 6, [(2, 2, 4), (1, 4, 6)], seed=3)
+    with torch.no_grad():
+        plain = dit(*args)
+        assert use_gelu_epilogue(dit) == 2 + 2  # both single blocks, and the double block's two feed-forwards
+        fuse_projections(dit, single_mlp=False)
+        assert all(len(b.fused_in.splits) == 3 for b in dit.single_transformer_blocks)
+        three = dit(*args)
+        fuse_projections(dit, single_mlp=True)  # fused the other way: fused again, with the MLP input
+        assert all(len(b.fused_in.splits) == 4 for b in dit.single_transformer_blocks)
+        four = dit(*args)
+        unfuse_projections(dit)
+    for out in (three, four):
+        assert (out - plain).abs().max() < 1e-5 * plain.abs().max()

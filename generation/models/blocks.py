@@ -25,6 +25,8 @@ import torch
 from diffusers.models.transformers.transformer_flux import FluxSingleTransformerBlock
 from torch import nn
 
+from generation.models.linear_gelu import linear_gelu
+
 log = logging.getLogger(__name__)
 
 
@@ -42,19 +44,25 @@ class JoinedSingleBlock(FluxSingleTransformerBlock):
     ) -> torch.Tensor:
         """x: [B, L_t + N, D] → the same after the block."""
         normed, gate = self.norm(x, emb=temb)
-        fused = getattr(self, "fused_in", None)  # generation.models.fusion: q, k, v and the MLP in one GEMM
-        if fused is not None:
-            q, k, v, mlp_in = fused.parts(normed)
-            mlp = self.act_mlp(mlp_in)
-            attn = self.attn(hidden_states=normed, qkv=(q, k, v), **attention_kwargs)
+        fused = getattr(self, "fused_in", None)  # generation.models.fusion: q, k, v (and the MLP) in one GEMM
+        parts = fused.parts(normed) if fused is not None else None
+        if parts is not None and len(parts) == 4:
+            mlp = self.act_mlp(parts[3])
+        elif self.gelu_epilogue and normed.is_cuda:
+            mlp = linear_gelu(normed, self.proj_mlp)
         else:
             mlp = self.act_mlp(self.proj_mlp(normed))
+        if parts is not None:
+            attn = self.attn(hidden_states=normed, qkv=parts[:3], **attention_kwargs)
+        else:
             attn = self.attn(hidden_states=normed, **attention_kwargs)
         out = x + gate.unsqueeze(1) * self._project_out(attn, mlp)
         if out.dtype == torch.float16:
             out = out.clip(-65504, 65504)
         return out
 
+
+    gelu_epilogue = False  # set by `generation.models.linear_gelu.use_gelu_epilogue`
 
     # The output projection over [attn; mlp] as two GEMMs accumulating into one output, instead of one GEMM
     # over their concatenation: the concatenated copy ([B, L, 5·D] written and read again in each of the
@@ -105,6 +113,11 @@ class BlockRunners:
         torch._dynamo.config.accumulated_cache_size_limit = max(
             torch._dynamo.config.accumulated_cache_size_limit, 512
         )
+        # Duck sizing would guard "these two sizes are equal" whenever a text length and a token count happen
+        # to coincide in the first layout, and recompile (seconds, mid-video) when a later layout breaks it.
+        import torch.fx.experimental._config as fx_config
+
+        fx_config.use_duck_shape = False
         opts = {"dynamic": True, **options}
         log.info("DiT blocks will run under torch.compile (%s)", opts)
         return BlockRunners(joint=torch.compile(run_joint_block, **opts),

@@ -71,6 +71,9 @@ class PyramidDiTBase(nn.Module):
         # q/k norms, text/image join and RoPE in one Triton kernel where Triton runs (`norm_rope`); off
         # gives the torch ops (Inductor's kernels when compiled), for comparison
         self.norm_rope_kernel = True
+        # on CUDA, tanh-GELU projections with the GELU in the GEMM epilogue (`linear_gelu`); read by the
+        # pipeline when it places the DiT
+        self.gelu_epilogue = True
 
     def compile_blocks(self, enabled: bool = True, **options: object) -> None:
         """Run the transformer blocks under `torch.compile` (exact up to floating-point reassociation by the

@@ -4,7 +4,8 @@
 * two-stream blocks: text-stream q, k, v (k, v in SD3's last block, which has no text queries) →
   `fused_added_qkv`;
 * FLUX single blocks: q, k, v and the MLP input projection → one `fused_in` projection
-  (1920 → 3·1920 + 7680 for miniflux: 4 GEMMs become 1).
+  (1920 → 3·1920 + 7680 for miniflux: 4 GEMMs become 1), or q, k, v only where the MLP input runs with
+  its GELU in the GEMM epilogue (CUDA).
 
 Exact up to GEMM rounding: each output column is the same dot product, only the kernel differs. The fused
 weight is the only copy: the original parameters become views of its rows, so no memory is added and the
@@ -57,8 +58,10 @@ def _attention_modules(dit: nn.Module) -> list[nn.Module]:
     return [b.attn for b in blocks]
 
 
-def fuse_projections(dit: nn.Module) -> int:
-    """Fuse the input projections of every block of `dit` (idempotent). Returns the number of fused GEMMs."""
+def fuse_projections(dit: nn.Module, *, single_mlp: bool = True) -> int:
+    """Fuse the input projections of every block of `dit` (idempotent). Returns the number of fused GEMMs.
+    ``single_mlp=False`` leaves the FLUX single blocks' MLP input out (it then runs with a GELU epilogue,
+    `generation.models.linear_gelu`); a block fused the other way is fused again."""
     count = 0
     with torch.no_grad():
         for attn in _attention_modules(dit):
@@ -72,9 +75,13 @@ def fuse_projections(dit: nn.Module) -> int:
                 attn.fused_added_qkv = _fuse(text)
                 count += 1
         for block in getattr(dit, "single_transformer_blocks", []):
-            if getattr(block, "fused_in", None) is None:
+            current = getattr(block, "fused_in", None)
+            if current is not None and (len(current.splits) == 4) != single_mlp:
+                del block.fused_in
+                current = None
+            if current is None:
                 a = block.attn
-                block.fused_in = _fuse([a.to_q, a.to_k, a.to_v, block.proj_mlp])
+                block.fused_in = _fuse([a.to_q, a.to_k, a.to_v] + ([block.proj_mlp] if single_mlp else []))
                 count += 1
     return count
 
