@@ -174,10 +174,12 @@ def cmd_full(args: argparse.Namespace) -> int:
     from generation.memory import Placement, cap_cuda_memory
     from generation.models.fusion import fuse_projections, is_fused
     from generation.models.graphed import GraphedDiT
+    from generation.models.linear_gelu import use_gelu_epilogue
     from generation.sampling.noise import GeneratorNoise
     from generation.sampling.pyramid import SamplerOptions, prepare_initial_noise, sample_t2v
 
     device = torch.device(args.device)
+    planned_gib = None
     dtype = torch.bfloat16
     mem = _Mem(device)
     if args.mem_cap_gib and device.type == "cuda":  # on the CPU (a dry run) only the planner sees the cap
@@ -201,6 +203,7 @@ def cmd_full(args: argparse.Namespace) -> int:
         plan = plan_placement(Footprint.of(dit, [], vae), working_set(args.model, args.variant, args.temp),
                               gpu_budget(device, args.mem_cap_gib or None))
         print("memory plan:", plan.describe())
+        planned_gib = round(plan.need / 2**30, 3)
         pm = PlacementManager(plan.placement, device, resident_blocks=plan.resident_blocks)
         pm.prepare(streamed=[dit], swapped=[vae])
         tile = plan.decode_tile
@@ -212,8 +215,14 @@ def cmd_full(args: argparse.Namespace) -> int:
         args.compile = args.compile and (resident or per_job)
         args.stream = args.stream and plan.stream_decode
     resident_dit = pm is None or pm.placement in (Placement.GPU, Placement.TEXT_OFFLOAD)
+    # the hand-written kernels, each on unless named in --off (to measure what each is worth)
+    dit.norm_rope_kernel = "norm_rope" not in args.off
+    epilogue = device.type == "cuda" and "gelu_epilogue" not in args.off
+    use_gelu_epilogue(dit, epilogue)
+    for blk in getattr(dit, "single_transformer_blocks", []):
+        blk.split_out_proj = "split_out" not in args.off
     if resident_dit and not args.no_fuse:  # as the generator runs a resident DiT
-        fuse_projections(dit)
+        fuse_projections(dit, single_mlp=not epilogue)
     if args.untiled:
         tile = None
     if args.decode_tile:  # try another tile than the plan's (to measure what would fit under a cap)
@@ -236,7 +245,8 @@ def cmd_full(args: argparse.Namespace) -> int:
             print(f"compile failed, running eagerly: {type(e).__name__}: {str(e)[:400]}")
             dit.compile_blocks(False)
         compile_s = time.perf_counter() - t
-        print(json.dumps({"bench": "compile", "compiled": dit.compiled, "compile_s": round(compile_s, 1)}), flush=True)
+        print(json.dumps({"bench": "compile", "compiled": dit.compiled, "compile_s": round(compile_s, 1),
+                          "phases_s": _compile_phases()}), flush=True)  # fmt: skip
     model = GraphedDiT(dit) if args.graphs else dit
     per_call = PerCallTimer(model, full_height=h_latent(args.variant), cuda=device.type == "cuda") if args.per_call else None
     weights = mem.allocated()
@@ -291,8 +301,9 @@ def cmd_full(args: argparse.Namespace) -> int:
                           "decode_s": round(t2 - t1, 2), "peak_gib": round(peak, 3),
                           "peak_reserved_gib": round(mem.peak_reserved(), 3),
                           "peak_sampling_gib": round(peak_sampling, 3), "peak_decode_gib": round(peak_decode, 3),
-                          "weights_gib": round(weights, 3), "device": mem.name(),
-                          "torch": torch.__version__}))
+                          "weights_gib": round(weights, 3), "planned_need_gib": planned_gib,
+                          "kernels_off": sorted(args.off), "device": mem.name(),
+                          "torch": torch.__version__}))  # fmt: skip
     warm = totals[1:] or totals
     print(json.dumps({"bench": "full_summary", "model": args.model, "variant": args.variant, "temp": args.temp,
                       "runs": len(totals), "first_s": round(totals[0], 2), "warm_median_s": round(statistics.median(warm), 2),
@@ -301,6 +312,19 @@ def cmd_full(args: argparse.Namespace) -> int:
         print(json.dumps({"bench": "dit_ms_per_call_by_unit_stage", "model": args.model, "variant": args.variant,
                           **per_call.summary()}))
     return 0
+
+
+def _compile_phases(top: int = 8) -> dict[str, float]:
+    """Where compiling went: torch's own per-phase seconds (Dynamo tracing, AOT, Inductor, cache loads)."""
+    try:
+        from torch._dynamo.utils import compile_times
+
+        rows = compile_times(repr="csv", aggregate=True)
+        names, values = rows[0], rows[1]
+        pairs = sorted(((n, float(v)) for n, v in zip(names, values, strict=False)), key=lambda p: -p[1])
+        return {n: round(v, 2) for n, v in pairs[:top]}
+    except Exception as exc:  # noqa: BLE001 — a diagnostic only; its absence must not fail the bench
+        return {"unavailable": 0.0, type(exc).__name__: 0.0}
 
 
 def h_latent(variant: str) -> int:
@@ -360,6 +384,7 @@ def cmd_equal(args: argparse.Namespace) -> int:
     from generation.models.attention import rel_l2
     from generation.models.fusion import fuse_projections
     from generation.models.graphed import GraphedDiT
+    from generation.models.linear_gelu import use_gelu_epilogue
     from generation.sampling.noise import GeneratorNoise
     from generation.sampling.pyramid import SamplerOptions, prepare_initial_noise, sample_t2v
 
@@ -392,9 +417,13 @@ def cmd_equal(args: argparse.Namespace) -> int:
         prefix32 = run(dit, torch.float32, torch.float32, text32)
         dit = dit.to(torch.bfloat16)
         text16 = _random_text(model_name, device, torch.bfloat16)
+        dit.norm_rope_kernel = False  # the plain torch ops
         eager16 = run(dit, torch.bfloat16, None, text16)
         graphs16 = run(GraphedDiT(dit), torch.bfloat16, None, text16)
-        fuse_projections(dit)  # the resident fast path
+        dit.norm_rope_kernel = True  # the resident fast path: our kernels, fused projections
+        epilogue = device.type == "cuda"
+        use_gelu_epilogue(dit, epilogue)
+        fuse_projections(dit, single_mlp=not epilogue)
         if args.compile:
             dit.compile_blocks()
         fast_model = GraphedDiT(dit)
@@ -439,13 +468,16 @@ def cmd_profile(args: argparse.Namespace) -> int:
     from generation.latents import latent_norm
     from generation.models.fusion import fuse_projections
     from generation.models.graphed import GraphedDiT
+    from generation.models.linear_gelu import use_gelu_epilogue
     from generation.sampling.noise import GeneratorNoise
     from generation.sampling.pyramid import SamplerOptions, prepare_initial_noise, sample_t2v
 
     device = torch.device(args.device)
     dtype = torch.bfloat16
     dit, vae = _random_models(args.model, device, dtype)
-    fuse_projections(dit)  # the resident path, as the generator runs it
+    epilogue = device.type == "cuda"
+    use_gelu_epilogue(dit, epilogue)
+    fuse_projections(dit, single_mlp=not epilogue)  # the resident path, as the generator runs it
     if args.compile:
         dit.compile_blocks()  # compiled during the warm-up run below
     model = GraphedDiT(dit) if args.graphs else dit
@@ -515,6 +547,8 @@ def main(argv: list[str] | None = None) -> int:
             p.add_argument("--tiny-models", action="store_true", help="dry run with the tiny models (no GPU needed)")
             p.add_argument("--side-stream", action="store_true", help="streamed decode on its own CUDA stream")
             p.add_argument("--no-fuse", action="store_true", help="keep the q/k/v (and MLP-in) projections separate")
+            p.add_argument("--off", nargs="*", default=[], choices=["norm_rope", "gelu_epilogue", "split_out"],
+                           help="turn off hand-written kernels (to measure each)")
             p.add_argument("--offload-graphs", action="store_true",
                            help="with --planner: CUDA graphs also under sequential offload (uploads captured)")
             p.add_argument("--per-call", action="store_true",
