@@ -238,6 +238,9 @@ def run_worker(settings: WorkerConfig, worker_id: str, stop: Any) -> None:
         warm_up()  # compiles before the first claim (a job's lease would otherwise run during compilation)
     log.info("worker %s ready (pid %d, generator %s)", worker_id, os.getpid(), generator.name,
              extra={"worker_id": worker_id})
+    prewarm = getattr(generator, "prewarm", None)
+    if callable(prewarm) and not stop.is_set():
+        prewarm()  # the default video's CUDA graphs, before the first claim: the first job replays them
     runner = JobRunner(queue, generator, settings.worker, worker_id, stop=stop)
     while not stop.is_set():
         try:

@@ -253,6 +253,24 @@ def cmd_full(args: argparse.Namespace) -> int:
     opts = SamplerOptions(first_frame_steps=(20, 20, 20), video_steps=(10, 10, 10), guidance_scale=7.0,
                           video_guidance_scale=5.0)
     norm = latent_norm(args.model)
+    if args.prewarm:  # as the worker does after compiling: every layout captured by one 1-step-per-stage video
+        t = time.perf_counter()
+        one = dataclasses.replace(opts, first_frame_steps=(1, 1, 1), video_steps=(1, 1, 1))
+        with torch.no_grad(), use(dit):
+            init = prepare_initial_noise(GeneratorNoise(99), batch=1, temp=args.temp, latent_height=h // 8,
+                                         latent_width=w // 8, num_stages=3, device=device, dtype=dtype)
+            st = (StreamingFrameDecoder(vae, norm, tiling=tile is not None, dtype=dtype, tile_size=tile or 256,
+                                        side_stream=args.side_stream) if args.stream else None)  # fmt: skip
+            lat = sample_t2v(model, text, init, options=one, noise=GeneratorNoise(99),
+                             on_unit=(lambda _k, x, s=st: s.push(x)) if st is not None else None)  # fmt: skip
+            if st is not None:
+                st.frames()
+            else:
+                with use(vae):
+                    decode_to_frames(vae, lat, norm, tiling=tile is not None, dtype=dtype, tile_size=tile)
+        _sync()
+        print(json.dumps({"bench": "prewarm", "prewarm_s": round(time.perf_counter() - t, 2),
+                          "graphs": getattr(model, "graph_count", 0)}), flush=True)  # fmt: skip
     totals: list[float] = []
     for rep in range(args.repeat):
         last = rep == args.repeat - 1
@@ -547,6 +565,8 @@ def main(argv: list[str] | None = None) -> int:
             p.add_argument("--tiny-models", action="store_true", help="dry run with the tiny models (no GPU needed)")
             p.add_argument("--side-stream", action="store_true", help="streamed decode on its own CUDA stream")
             p.add_argument("--no-fuse", action="store_true", help="keep the q/k/v (and MLP-in) projections separate")
+            p.add_argument("--prewarm", action="store_true",
+                           help="capture every layout's graph before the timed runs, as the worker does")
             p.add_argument("--off", nargs="*", default=[], choices=["norm_rope", "gelu_epilogue", "split_out"],
                            help="turn off hand-written kernels (to measure each)")
             p.add_argument("--offload-graphs", action="store_true",

@@ -249,3 +249,31 @@ def test_graph_key_follows_the_text_bucket_not_the_prompt_length() -> None:
     g.dit.text_bucket = 8
     assert g.key(*a) == g.key(*b)  # masked pads: one graph per bucket
     assert g.key(*a) != g.key(*_inputs(LAYOUTS[1], valid=(9, 2)))  # 9 tokens: the next bucket
+
+
+def test_prewarm_visits_every_layout_of_the_default_video_once_and_never_fails_the_worker() -> None:
+    from generation.models.graphed import GraphedDiT
+    from generation.pipeline import build_generator
+    from generation.settings import GenerationSettings
+
+    gen = build_generator(GenerationSettings())
+    assert gen.prewarm() == 0.0  # on the CPU no graphs are kept: nothing to capture, no forward
+    seen: list[tuple] = []
+    inner = gen.c.dit
+    real_forward = inner.forward
+
+    def spy(clips, *rest):  # type: ignore[no-untyped-def]
+        seen.append(tuple(tuple(c.shape) for c in clips))
+        return real_forward(clips, *rest)
+
+    inner.forward = spy  # type: ignore[method-assign]
+    gen.dit = GraphedDiT(inner)  # as on a GPU with the DiT resident (on the CPU it runs eagerly)
+    assert gen.prewarm() > 0.0
+    # one DiT call per (unit, stage) of a 5 s video: 16 units × 3 stages, every layout exactly once
+    assert len(seen) == 16 * 3 and len(set(seen)) == len(seen)
+
+    def broken(*_a, **_k):  # type: ignore[no-untyped-def]
+        raise RuntimeError("a driver error while capturing")
+
+    inner.forward = broken  # type: ignore[method-assign]
+    assert gen.prewarm() >= 0.0  # logged; the first job will capture instead

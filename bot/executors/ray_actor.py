@@ -86,6 +86,9 @@ class GenerationActor:
         warm_up = getattr(self.generator, "warm_up", None)
         if callable(warm_up):
             warm_up()  # torch.compile before the dispatcher sees the actor as ready
+        prewarm = getattr(self.generator, "prewarm", None)
+        if callable(prewarm):
+            prewarm()  # the default video's CUDA graphs, so the actor's first job replays them
         self.model = model_label(spec, self.generator, generation)
         wanted = spec.variants or list(ALL_VARIANTS)
         self.variants = [v for v in wanted if self.generator.supports(v)]

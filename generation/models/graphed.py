@@ -81,6 +81,10 @@ class GraphedDiT(nn.Module):
     def device(self) -> torch.device:
         return self.dit.device
 
+    @property
+    def graph_count(self) -> int:
+        return len(self._graphs)
+
     def clear(self) -> None:
         """Drop every captured graph and their memory pool (the next forward of a layout captures again)."""
         self._graphs.clear()
