@@ -189,6 +189,9 @@ class App:
         self.delivery = DeliveryLoop(self.queue, self.hub, s, self.clock)
         self.delivery.on_failed = self._on_job_failed
         await self.delivery.start()
+        if self.supervisor is not None:  # a local worker: it is woken per queued job, and wakes delivery per job
+            self.queue.on_queued = self.supervisor.notify_work
+            self.supervisor.on_job_ended = self.delivery.poke
         self.hub.on_inbound = self._on_inbound
         self.hub.on_alert = self._on_channel_alert
         try:

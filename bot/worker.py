@@ -227,8 +227,29 @@ def _configure_child_logging() -> None:
     setup_child_logging(f"worker {os.getpid()}")
 
 
+class WorkerSignals:
+    """The events between the bot and its worker process: ``stop`` (the bot asks the worker to end), ``work``
+    (a job was queued: claim now rather than at the next poll) and ``ended`` (a job reached an end state: the
+    bot's delivery loop looks now rather than at its next poll). Behaves as the stop event
+    (`is_set`/`set`/`wait`), so a worker target that only needs to stop can take it as one."""
+
+    def __init__(self, stop: Any, work: Any, ended: Any) -> None:
+        self.stop, self.work, self.ended = stop, work, ended
+
+    def is_set(self) -> bool:
+        return bool(self.stop.is_set())
+
+    def set(self) -> None:
+        self.stop.set()
+        self.work.set()  # an idle worker waits on `work`: wake it to see the stop
+
+    def wait(self, timeout: float | None = None) -> bool:
+        return bool(self.stop.wait(timeout))
+
+
 def run_worker(settings: WorkerConfig, worker_id: str, stop: Any) -> None:
-    """Process main of the GPU worker. `stop` is a (multiprocessing) Event; returns when it is set."""
+    """Process main of the GPU worker. `stop` is a (multiprocessing) Event, or `WorkerSignals`; returns when
+    it is set."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C reaches the whole process group: the bot stops us in order
     _configure_child_logging()
     queue = open_queue(settings)
@@ -242,14 +263,19 @@ def run_worker(settings: WorkerConfig, worker_id: str, stop: Any) -> None:
     if callable(prewarm) and not stop.is_set():
         prewarm()  # the default video's CUDA graphs, before the first claim: the first job replays them
     runner = JobRunner(queue, generator, settings.worker, worker_id, stop=stop)
+    work, ended = getattr(stop, "work", None), getattr(stop, "ended", None)
     while not stop.is_set():
+        if work is not None:
+            work.clear()  # before the claim: a job queued after it sets it again, and is not missed
         try:
             job = runner.run_once()
         except Exception:  # a database hiccup must not end the worker; back off and retry
             log.exception("worker %s loop error", worker_id, extra={"worker_id": worker_id})
             job = None
+        if job is not None and ended is not None:
+            ended.set()
         if job is None:
-            stop.wait(settings.worker.poll_s)
+            (work or stop).wait(settings.worker.poll_s)
     log.info("worker %s stopped", worker_id, extra={"worker_id": worker_id})
 
 
@@ -271,6 +297,10 @@ class WorkerSupervisor:
         self._ctx = mp.get_context("spawn")
         self._proc: Any = None
         self._child_stop: Any = None
+        self._work = self._ctx.Event()  # shared by every child this supervisor spawns (see `WorkerSignals`)
+        self._ended = self._ctx.Event()
+        self.on_job_ended: Callable[[], None] | None = None  # called (from a thread) when the worker ends a job
+        self._ended_thread: threading.Thread | None = None
         self._child_id = ""
         self._started_at = 0.0
         self._stopping = threading.Event()
@@ -320,11 +350,30 @@ class WorkerSupervisor:
         self._thread = threading.Thread(target=self._run, args=(ready, spawned), name="worker-supervisor",
                                         daemon=True)
         self._thread.start()
+        self._ended_thread = threading.Thread(target=self._watch_ended, name="worker-ended", daemon=True)
+        self._ended_thread.start()
         ready.wait(60)
         if spawned and spawned[0] is not None:
             self._thread.join(5)
             self._thread = None
             raise spawned[0]
+
+    def notify_work(self) -> None:
+        """A job was queued: the idle worker claims it now (safe from any thread)."""
+        self._work.set()
+
+    def _watch_ended(self) -> None:
+        """Supervisor side of `WorkerSignals.ended`: tell `on_job_ended` (the delivery loop) at once."""
+        while not self._stopping.is_set():
+            if not self._ended.wait(0.5):
+                continue
+            self._ended.clear()
+            callback = self.on_job_ended
+            if callback is not None:
+                try:
+                    callback()
+                except Exception:  # a wake-up is an optimisation: the delivery loop polls anyway
+                    log.debug("on_job_ended callback failed", exc_info=True)
 
     def _take_over_stale_worker(self) -> None:
         """A worker left by a previous bot of this database (SIGKILLed bot, no parent-death signal) is stopped
@@ -362,7 +411,7 @@ class WorkerSupervisor:
 
     def _spawn(self) -> None:
         self._child_id = f"{self.worker_id}-{os.getpid()}-{self.restarts}-{uuid.uuid4().hex[:6]}"
-        self._child_stop = self._ctx.Event()
+        self._child_stop = WorkerSignals(self._ctx.Event(), self._work, self._ended)
         self._proc = self._ctx.Process(
             target=procs.run_child, args=(self.target, os.getpid(), self.settings, self._child_id, self._child_stop),
             name=self._child_id, daemon=True)
@@ -426,6 +475,9 @@ class WorkerSupervisor:
 
     def stop(self) -> None:
         self._stopping.set()
+        if self._ended_thread is not None:
+            self._ended_thread.join(2)
+            self._ended_thread = None
         thread = self._thread
         if thread is not None:
             thread.join(self.settings.worker.stop_timeout_s + 15)

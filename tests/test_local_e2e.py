@@ -161,3 +161,26 @@ async def test_cancel_running_job_stops_it_and_refunds(tmp_path: Path) -> None:
     finally:
         await app.stop()
     assert channel.videos() == []
+
+
+@async_test
+async def test_a_queued_job_wakes_the_worker_and_its_end_wakes_delivery(tmp_path: Path) -> None:
+    # polls far longer than the test: only the bot ↔ worker events can bring the video back in time
+    settings = make_settings(
+        tmp_path,
+        worker={"synthetic_steps": 2, "synthetic_step_delay_s": 0.01, "poll_s": 60, "synthetic_width": 64,
+                "synthetic_height": 48},
+        queue={"delivery_poll_s": 60},
+    )
+    channel = LocalChannel()
+    app = App(settings, channel, pipeline=None)
+    await app.start()
+    try:
+        await asyncio.sleep(3)  # the worker is idle in its (60 s) wait when the request comes
+        t0 = time.monotonic()
+        await channel.say("/视频 a lighthouse at night", **USER)
+        assert await channel.wait_for(lambda sent: any(s.video for s in sent), timeout=40)
+        took = time.monotonic() - t0
+    finally:
+        await app.stop()
+    assert took < 40 and len(channel.videos(ROOM)) == 1

@@ -64,6 +64,8 @@ class JobQueue:
         self.quota = quota
         self.settings = settings
         self.clock = clock
+        # called after a job was queued (the app wakes its local worker with it, instead of the next poll)
+        self.on_queued: Callable[[], None] | None = None
 
     # ================================================================ helpers
     def _rows(self, sql: str, params: Iterable[Any] = ()) -> list[dict[str, Any]]:
@@ -188,6 +190,11 @@ class JobQueue:
             spec.message_id, spec.user_id, status, job_id, spec.cost, balance,
             extra={"user_id": spec.user_id, "job_id": job_id, "message_id": spec.message_id},
         )
+        if job is not None and status == "queued" and self.on_queued is not None:
+            try:
+                self.on_queued()
+            except Exception:  # a wake-up is an optimisation: the worker's poll finds the job anyway
+                log.debug("on_queued hook failed", exc_info=True)
         return SubmitOutcome(status=status, job=job, position=position, eta_s=eta, balance=balance,  # type: ignore[arg-type]
                              cost=spec.cost, pending=pending, eta_measured=measured)
 
