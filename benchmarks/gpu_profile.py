@@ -91,12 +91,14 @@ def breakdown(prof: torch.profiler.profile, calls: int) -> dict:
 
 def _setup(args: argparse.Namespace):  # type: ignore[no-untyped-def]
     from generation.models.fusion import fuse_projections
+    from generation.models.linear_gelu import use_gelu_epilogue
 
     device = torch.device("cuda")
     dtype = torch.bfloat16
     t = time.perf_counter()
     dit, vae = _random_models(args.model, device, dtype)
-    fuse_projections(dit)
+    use_gelu_epilogue(dit)  # the generator's resident path: GELU epilogues, q/k/v fused apart from the MLP
+    fuse_projections(dit, single_mlp=False)
     text = _random_text(args.model, device, dtype)
     if args.compile:
         dit.compile_blocks()

@@ -16,6 +16,7 @@
 #   verify: the fused text part of text_bucket: GPU equality, a new prompt length per video, kernel kinds
 #   cap8tile: the 8 GiB cap with 128 and with 256 px decode tiles after sampling (reserved peaks)
 #   restart: compile cache cold vs warm (two processes, one cache folder), the 8 GiB cap after the uint8 fix
+#   round2a / round2b: issue 23 round two (the new kernels, the default config, sd3, 8 GiB, the product path)
 #   ab:    one switch off at a time (fusion, compile, side stream) and the cap variants left out of `speed`
 # Each step has its own time limit, so one failure keeps the rest. Steps that compile fall back to eager
 # when this machine cannot compile, and later steps then stop trying.
@@ -99,6 +100,21 @@ cap8tile)  # 2026-12-06: under the 8 GiB cap, the decode after sampling with the
   export TORCHINDUCTOR_CACHE_DIR="$out/cc/inductor" TRITON_CACHE_DIR="$out/cc/triton"
   step flux384_cap8_tile128 150 full --model pyramid_flux --graphs --stream --side-stream --planner --mem-cap-gib 8 --repeat 2 --compile --decode-tile 128
   step flux384_cap8_tile256 150 full --model pyramid_flux --graphs --stream --side-stream --planner --mem-cap-gib 8 --repeat 2 --compile --decode-tile 256
+  ;;
+round2a)  # 2026-12-06, issue 23 round two: the new kernels checked on the GPU, the default config (a new
+  # prompt length per video, text_bucket 32) from a cold compile cache with the graphs captured ahead, the
+  # same prompt with the kernels on and then off in one process (warm cache), and the reference beside them
+  export TORCHINDUCTOR_CACHE_DIR="$out/cc/inductor" TRITON_CACHE_DIR="$out/cc/triton"
+  step equal 80 equal --models pyramid_flux --temp 2
+  step flux384_default_cold 170 full --model pyramid_flux --graphs --stream --side-stream --planner --repeat 3 --vary-text --text-bucket 32 --prewarm --compile
+  step flux384_same_ab 170 full --model pyramid_flux --graphs --stream --side-stream --planner --repeat 3 --prewarm --compile --ab-off
+  ;;
+round2b)  # 2026-12-06: kernel kinds per layout with the new kernels, sd3, the 8 GiB cap, the product path
+  export TORCHINDUCTOR_CACHE_DIR="$out/cc/inductor" TRITON_CACHE_DIR="$out/cc/triton"
+  run_step profile_layouts 110 benchmarks/gpu_profile.py layouts --model pyramid_flux --compile --labels u2s0 u15s0 u15s2 --text-bucket 0 32 --replays 10 --profiled 3
+  step mmdit384_default 150 full --model pyramid_mmdit --graphs --stream --side-stream --planner --repeat 3 --vary-text --text-bucket 32 --prewarm --compile
+  step flux384_cap8_planner 110 full --model pyramid_flux --graphs --stream --side-stream --planner --mem-cap-gib 8 --repeat 2 --prewarm --compile
+  run_step product_path 150 -m benchmarks.product_path --jobs 4 --no-content-check
   ;;
 768)
   step flux768_t31_fast 420 full --model pyramid_flux --variant 768p --temp 31 --graphs --stream --side-stream --planner --per-call --repeat 1 $(fast)

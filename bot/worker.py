@@ -247,6 +247,26 @@ class WorkerSignals:
         return bool(self.stop.wait(timeout))
 
 
+def serve_jobs(queue: JobQueue, generator: VideoGenerator, settings: WorkerSettings, worker_id: str,
+               stop: Any) -> None:
+    """The worker's claim loop, until `stop` is set: claim in fair order, run, claim again; idle, wait for
+    `stop.work` (`WorkerSignals`) or `poll_s`; after each job, set `stop.ended`."""
+    runner = JobRunner(queue, generator, settings, worker_id, stop=stop)
+    work, ended = getattr(stop, "work", None), getattr(stop, "ended", None)
+    while not stop.is_set():
+        if work is not None:
+            work.clear()  # before the claim: a job queued after it sets it again, and is not missed
+        try:
+            job = runner.run_once()
+        except Exception:  # a database hiccup must not end the worker; back off and retry
+            log.exception("worker %s loop error", worker_id, extra={"worker_id": worker_id})
+            job = None
+        if job is not None and ended is not None:
+            ended.set()
+        if job is None:
+            (work or stop).wait(settings.poll_s)
+
+
 def run_worker(settings: WorkerConfig, worker_id: str, stop: Any) -> None:
     """Process main of the GPU worker. `stop` is a (multiprocessing) Event, or `WorkerSignals`; returns when
     it is set."""
@@ -262,20 +282,7 @@ def run_worker(settings: WorkerConfig, worker_id: str, stop: Any) -> None:
     prewarm = getattr(generator, "prewarm", None)
     if callable(prewarm) and not stop.is_set():
         prewarm()  # the default video's CUDA graphs, before the first claim: the first job replays them
-    runner = JobRunner(queue, generator, settings.worker, worker_id, stop=stop)
-    work, ended = getattr(stop, "work", None), getattr(stop, "ended", None)
-    while not stop.is_set():
-        if work is not None:
-            work.clear()  # before the claim: a job queued after it sets it again, and is not missed
-        try:
-            job = runner.run_once()
-        except Exception:  # a database hiccup must not end the worker; back off and retry
-            log.exception("worker %s loop error", worker_id, extra={"worker_id": worker_id})
-            job = None
-        if job is not None and ended is not None:
-            ended.set()
-        if job is None:
-            (work or stop).wait(settings.worker.poll_s)
+    serve_jobs(queue, generator, settings.worker, worker_id, stop)
     log.info("worker %s stopped", worker_id, extra={"worker_id": worker_id})
 
 

@@ -172,9 +172,8 @@ def cmd_full(args: argparse.Namespace) -> int:
     from generation.decode import StreamingFrameDecoder, decode_to_frames
     from generation.latents import latent_norm
     from generation.memory import Placement, cap_cuda_memory
-    from generation.models.fusion import fuse_projections, is_fused
+    from generation.models.fusion import is_fused
     from generation.models.graphed import GraphedDiT
-    from generation.models.linear_gelu import use_gelu_epilogue
     from generation.sampling.noise import GeneratorNoise
     from generation.sampling.pyramid import SamplerOptions, prepare_initial_noise, sample_t2v
 
@@ -215,14 +214,7 @@ def cmd_full(args: argparse.Namespace) -> int:
         args.compile = args.compile and (resident or per_job)
         args.stream = args.stream and plan.stream_decode
     resident_dit = pm is None or pm.placement in (Placement.GPU, Placement.TEXT_OFFLOAD)
-    # the hand-written kernels, each on unless named in --off (to measure what each is worth)
-    dit.norm_rope_kernel = "norm_rope" not in args.off
-    epilogue = device.type == "cuda" and "gelu_epilogue" not in args.off
-    use_gelu_epilogue(dit, epilogue)
-    for blk in getattr(dit, "single_transformer_blocks", []):
-        blk.split_out_proj = "split_out" not in args.off
-    if resident_dit and not args.no_fuse:  # as the generator runs a resident DiT
-        fuse_projections(dit, single_mlp=not epilogue)
+    _set_kernels(dit, args.off, device, fuse=resident_dit and not args.no_fuse)
     if args.untiled:
         tile = None
     if args.decode_tile:  # try another tile than the plan's (to measure what would fit under a cap)
@@ -271,65 +263,89 @@ def cmd_full(args: argparse.Namespace) -> int:
         _sync()
         print(json.dumps({"bench": "prewarm", "prewarm_s": round(time.perf_counter() - t, 2),
                           "graphs": getattr(model, "graph_count", 0)}), flush=True)  # fmt: skip
-    totals: list[float] = []
-    for rep in range(args.repeat):
-        last = rep == args.repeat - 1
-        dit_fn = per_call if (per_call is not None and last) else model
-        if args.vary_text and rep:  # a prompt of another length, as in a chat group: new graphs
-            text = _random_text(args.model, device, dtype, dit.config if args.tiny_models else None,
-                                valid=(40, 25 + 3 * rep))  # fmt: skip
-        mem.reset()
-        noise = GeneratorNoise(rep)
-        t0 = time.perf_counter()
-        with torch.no_grad():
-            init = prepare_initial_noise(noise, batch=1, temp=args.temp, latent_height=h // 8, latent_width=w // 8,
-                                         num_stages=3, device=device, dtype=dtype)
-            stream = (StreamingFrameDecoder(vae, norm, tiling=tile is not None, dtype=dtype, tile_size=tile or 256,
-                                            side_stream=args.side_stream) if args.stream else None)
-            on_unit = (lambda _k, x, s=stream: s.push(x)) if stream is not None else None
-            with use(dit):
-                lat = sample_t2v(dit_fn, text, init, options=opts, noise=noise, on_unit=on_unit)
-                if per_job and isinstance(model, GraphedDiT):
-                    model.clear()  # the DiT leaves the GPU: its graphs go with it
-            _sync()
-            t1 = time.perf_counter()
-            peak_sampling = mem.peak()
+    phases = ["as given"] + (["hand-written kernels off"] if args.ab_off else [])
+    for phase in phases:
+        if phase != "as given":  # the same process, the kernels off: new graphs, recompiled blocks (untimed run)
+            args.off = ["norm_rope", "gelu_epilogue", "split_out"]
+            _set_kernels(dit, args.off, device, fuse=resident_dit and not args.no_fuse)
+            if isinstance(model, GraphedDiT):
+                model.clear()
+            print(json.dumps({"bench": "ab_phase", "kernels_off": args.off}), flush=True)
+        totals: list[float] = []
+        for rep in range(args.repeat):
+            last = rep == args.repeat - 1
+            dit_fn = per_call if (per_call is not None and last) else model
+            if args.vary_text and rep:  # a prompt of another length, as in a chat group: new graphs
+                text = _random_text(args.model, device, dtype, dit.config if args.tiny_models else None,
+                                    valid=(40, 25 + 3 * rep))  # fmt: skip
             mem.reset()
-            if stream is not None:
-                frames = stream.frames()
-            else:
-                with use(vae):
-                    frames = decode_to_frames(vae, lat, norm, tiling=tile is not None, dtype=dtype, tile_size=tile)
-            _sync()
-            t2 = time.perf_counter()
-        peak_decode = mem.peak()
-        peak = max(peak_sampling, peak_decode)
-        totals.append(t2 - t0)
-        print(f"run {rep}: {args.model} {args.variant} temp={args.temp} total {t2 - t0:.1f}s "
-              f"(sampling{'+stream decode' if stream else ''} {t1 - t0:.1f}s, final decode {t2 - t1:.1f}s) "
-              f"frames {frames.shape} peak {peak:.2f} GiB (sampling {peak_sampling:.2f}, final decode "
-              f"{peak_decode:.2f}, weights {weights:.2f}) finite={bool(torch.isfinite(lat).all())}")
-        print(json.dumps({"bench": "full", "model": args.model, "variant": args.variant, "temp": args.temp,
-                          "graphs": args.graphs, "compile": dit.compiled, "fused": is_fused(dit), "stream": args.stream,
-                          "side_stream": args.side_stream, "decode_tile": tile,
-                          "attention": args.attention, "mem_cap_gib": args.mem_cap_gib, "rep": rep,
-                          "vary_text": args.vary_text, "text_bucket": args.text_bucket,
-                          "placement": pm.placement.value if pm is not None else "gpu",
-                          "total_s": round(t2 - t0, 2), "sampling_s": round(t1 - t0, 2),
-                          "decode_s": round(t2 - t1, 2), "peak_gib": round(peak, 3),
-                          "peak_reserved_gib": round(mem.peak_reserved(), 3),
-                          "peak_sampling_gib": round(peak_sampling, 3), "peak_decode_gib": round(peak_decode, 3),
-                          "weights_gib": round(weights, 3), "planned_need_gib": planned_gib,
-                          "kernels_off": sorted(args.off), "device": mem.name(),
-                          "torch": torch.__version__}))  # fmt: skip
-    warm = totals[1:] or totals
-    print(json.dumps({"bench": "full_summary", "model": args.model, "variant": args.variant, "temp": args.temp,
-                      "runs": len(totals), "first_s": round(totals[0], 2), "warm_median_s": round(statistics.median(warm), 2),
-                      "warm_min_s": round(min(warm), 2), "warm_max_s": round(max(warm), 2)}))
+            noise = GeneratorNoise(rep)
+            t0 = time.perf_counter()
+            with torch.no_grad():
+                init = prepare_initial_noise(noise, batch=1, temp=args.temp, latent_height=h // 8, latent_width=w // 8,
+                                             num_stages=3, device=device, dtype=dtype)
+                stream = (StreamingFrameDecoder(vae, norm, tiling=tile is not None, dtype=dtype, tile_size=tile or 256,
+                                                side_stream=args.side_stream) if args.stream else None)
+                on_unit = (lambda _k, x, s=stream: s.push(x)) if stream is not None else None
+                with use(dit):
+                    lat = sample_t2v(dit_fn, text, init, options=opts, noise=noise, on_unit=on_unit)
+                    if per_job and isinstance(model, GraphedDiT):
+                        model.clear()  # the DiT leaves the GPU: its graphs go with it
+                _sync()
+                t1 = time.perf_counter()
+                peak_sampling = mem.peak()
+                mem.reset()
+                if stream is not None:
+                    frames = stream.frames()
+                else:
+                    with use(vae):
+                        frames = decode_to_frames(vae, lat, norm, tiling=tile is not None, dtype=dtype, tile_size=tile)
+                _sync()
+                t2 = time.perf_counter()
+            peak_decode = mem.peak()
+            peak = max(peak_sampling, peak_decode)
+            totals.append(t2 - t0)
+            print(f"run {rep}: {args.model} {args.variant} temp={args.temp} total {t2 - t0:.1f}s "
+                  f"(sampling{'+stream decode' if stream else ''} {t1 - t0:.1f}s, final decode {t2 - t1:.1f}s) "
+                  f"frames {frames.shape} peak {peak:.2f} GiB (sampling {peak_sampling:.2f}, final decode "
+                  f"{peak_decode:.2f}, weights {weights:.2f}) finite={bool(torch.isfinite(lat).all())}")
+            print(json.dumps({"bench": "full", "model": args.model, "variant": args.variant, "temp": args.temp,
+                              "graphs": args.graphs, "compile": dit.compiled, "fused": is_fused(dit), "stream": args.stream,
+                              "side_stream": args.side_stream, "decode_tile": tile,
+                              "attention": args.attention, "mem_cap_gib": args.mem_cap_gib, "rep": rep,
+                              "vary_text": args.vary_text, "text_bucket": args.text_bucket,
+                              "placement": pm.placement.value if pm is not None else "gpu",
+                              "total_s": round(t2 - t0, 2), "sampling_s": round(t1 - t0, 2),
+                              "decode_s": round(t2 - t1, 2), "peak_gib": round(peak, 3),
+                              "peak_reserved_gib": round(mem.peak_reserved(), 3),
+                              "peak_sampling_gib": round(peak_sampling, 3), "peak_decode_gib": round(peak_decode, 3),
+                              "weights_gib": round(weights, 3), "planned_need_gib": planned_gib,
+                              "kernels_off": sorted(args.off), "device": mem.name(),
+                              "torch": torch.__version__}))  # fmt: skip
+        warm = totals[1:] or totals
+        print(json.dumps({"bench": "full_summary", "model": args.model, "variant": args.variant, "temp": args.temp,
+                          "runs": len(totals), "first_s": round(totals[0], 2), "warm_median_s": round(statistics.median(warm), 2),
+                          "warm_min_s": round(min(warm), 2), "warm_max_s": round(max(warm), 2),
+                          "kernels_off": sorted(args.off)}))  # fmt: skip
     if per_call is not None:
         print(json.dumps({"bench": "dit_ms_per_call_by_unit_stage", "model": args.model, "variant": args.variant,
                           **per_call.summary()}))
     return 0
+
+
+def _set_kernels(dit: torch.nn.Module, off: list[str], device: torch.device, *, fuse: bool) -> None:
+    """The hand-written kernels, each on unless named in `off` (to measure what each is worth); the input
+    projections fused as the generator fuses a resident DiT (`fuse`)."""
+    from generation.models.fusion import fuse_projections
+    from generation.models.linear_gelu import use_gelu_epilogue
+
+    dit.norm_rope_kernel = "norm_rope" not in off
+    epilogue = device.type == "cuda" and "gelu_epilogue" not in off
+    use_gelu_epilogue(dit, epilogue)
+    for blk in getattr(dit, "single_transformer_blocks", []):
+        blk.split_out_proj = "split_out" not in off
+    if fuse:
+        fuse_projections(dit, single_mlp=not epilogue)
 
 
 def _compile_phases(top: int = 8) -> dict[str, float]:
@@ -565,6 +581,8 @@ def main(argv: list[str] | None = None) -> int:
             p.add_argument("--tiny-models", action="store_true", help="dry run with the tiny models (no GPU needed)")
             p.add_argument("--side-stream", action="store_true", help="streamed decode on its own CUDA stream")
             p.add_argument("--no-fuse", action="store_true", help="keep the q/k/v (and MLP-in) projections separate")
+            p.add_argument("--ab-off", action="store_true",
+                           help="then, in the same process, the same runs with the hand-written kernels off")
             p.add_argument("--prewarm", action="store_true",
                            help="capture every layout's graph before the timed runs, as the worker does")
             p.add_argument("--off", nargs="*", default=[], choices=["norm_rope", "gelu_epilogue", "split_out"],
