@@ -16,7 +16,8 @@
 #   verify: the fused text part of text_bucket: GPU equality, a new prompt length per video, kernel kinds
 #   cap8tile: the 8 GiB cap with 128 and with 256 px decode tiles after sampling (reserved peaks)
 #   restart: compile cache cold vs warm (two processes, one cache folder), the 8 GiB cap after the uint8 fix
-#   round2a / round2b: issue 23 round two (the new kernels, the default config, sd3, 8 GiB, the product path)
+#   round2a / round2b / round2c: issue 23 round two (the new kernels, the default config, sd3, the product
+#          path, step caching, the memory caps)
 #   ab:    one switch off at a time (fusion, compile, side stream) and the cap variants left out of `speed`
 # Each step has its own time limit, so one failure keeps the rest. Steps that compile fall back to eager
 # when this machine cannot compile, and later steps then stop trying.
@@ -109,12 +110,18 @@ round2a)  # 2026-12-06, issue 23 round two: the new kernels checked on the GPU, 
   step flux384_default_cold 170 full --model pyramid_flux --graphs --stream --side-stream --planner --repeat 3 --vary-text --text-bucket 32 --prewarm --compile
   step flux384_same_ab 170 full --model pyramid_flux --graphs --stream --side-stream --planner --repeat 3 --prewarm --compile --ab-off
   ;;
-round2b)  # 2026-12-06: kernel kinds per layout with the new kernels, sd3, the 8 GiB cap, the product path
+round2b)  # 2026-12-06: kernel kinds per layout with the new kernels, sd3 as configured by default, the product
+  # path (ack → MP4 at the channel), opt-in step caching beside the exact path
   export TORCHINDUCTOR_CACHE_DIR="$out/cc/inductor" TRITON_CACHE_DIR="$out/cc/triton"
-  run_step profile_layouts 110 benchmarks/gpu_profile.py layouts --model pyramid_flux --compile --labels u2s0 u15s0 u15s2 --text-bucket 0 32 --replays 10 --profiled 3
+  run_step profile_layouts 120 benchmarks/gpu_profile.py layouts --model pyramid_flux --compile --labels u2s0 u15s0 u15s2 --text-bucket 0 32 --replays 10 --profiled 3
   step mmdit384_default 150 full --model pyramid_mmdit --graphs --stream --side-stream --planner --repeat 3 --vary-text --text-bucket 32 --prewarm --compile
-  step flux384_cap8_planner 110 full --model pyramid_flux --graphs --stream --side-stream --planner --mem-cap-gib 8 --repeat 2 --prewarm --compile
-  run_step product_path 150 -m benchmarks.product_path --jobs 4 --no-content-check
+  run_step product_path 140 -m benchmarks.product_path --jobs 4 --no-content-check
+  step flux384_step_cache 120 full --model pyramid_flux --graphs --stream --side-stream --planner --repeat 2 --vary-text --text-bucket 32 --prewarm --compile --step-cache 0.1
+  ;;
+round2c)  # 2026-12-06: the memory caps with the new kernels and the graphs captured ahead
+  export TORCHINDUCTOR_CACHE_DIR="$out/cc/inductor" TRITON_CACHE_DIR="$out/cc/triton"
+  step flux384_cap8_planner 150 full --model pyramid_flux --graphs --stream --side-stream --planner --mem-cap-gib 8 --repeat 2 --prewarm --compile
+  step flux384_cap4p5_planner_graphs 140 full --model pyramid_flux --graphs --offload-graphs --stream --planner --mem-cap-gib 4.5 --repeat 1
   ;;
 768)
   step flux768_t31_fast 420 full --model pyramid_flux --variant 768p --temp 31 --graphs --stream --side-stream --planner --per-call --repeat 1 $(fast)

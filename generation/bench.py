@@ -263,9 +263,15 @@ def cmd_full(args: argparse.Namespace) -> int:
         _sync()
         print(json.dumps({"bench": "prewarm", "prewarm_s": round(time.perf_counter() - t, 2),
                           "graphs": getattr(model, "graph_count", 0)}), flush=True)  # fmt: skip
-    phases = ["as given"] + (["hand-written kernels off"] if args.ab_off else [])
+    phases = (["as given"] + (["hand-written kernels off"] if args.ab_off else [])
+              + ([f"step cache {args.step_cache}"] if args.step_cache else []))  # fmt: skip
+    exact_first: torch.Tensor | None = None  # latents of the first run as given (noise 0), to compare with
+    text_first = text
     for phase in phases:
-        if phase != "as given":  # the same process, the kernels off: new graphs, recompiled blocks (untimed run)
+        if phase.startswith("step cache"):  # the same runs with step caching: time and distance from exact
+            opts = dataclasses.replace(opts, step_cache=args.step_cache)
+            print(json.dumps({"bench": "step_cache_phase", "threshold": args.step_cache}), flush=True)
+        elif phase != "as given":  # the same process, the kernels off: new graphs, recompiled blocks (untimed run)
             args.off = ["norm_rope", "gelu_epilogue", "split_out"]
             _set_kernels(dit, args.off, device, fuse=resident_dit and not args.no_fuse)
             if isinstance(model, GraphedDiT):
@@ -275,6 +281,8 @@ def cmd_full(args: argparse.Namespace) -> int:
         for rep in range(args.repeat):
             last = rep == args.repeat - 1
             dit_fn = per_call if (per_call is not None and last) else model
+            if rep == 0:
+                text = text_first
             if args.vary_text and rep:  # a prompt of another length, as in a chat group: new graphs
                 text = _random_text(args.model, device, dtype, dit.config if args.tiny_models else None,
                                     valid=(40, 25 + 3 * rep))  # fmt: skip
@@ -287,8 +295,9 @@ def cmd_full(args: argparse.Namespace) -> int:
                 stream = (StreamingFrameDecoder(vae, norm, tiling=tile is not None, dtype=dtype, tile_size=tile or 256,
                                                 side_stream=args.side_stream) if args.stream else None)
                 on_unit = (lambda _k, x, s=stream: s.push(x)) if stream is not None else None
+                stats: dict[str, int] = {}
                 with use(dit):
-                    lat = sample_t2v(dit_fn, text, init, options=opts, noise=noise, on_unit=on_unit)
+                    lat = sample_t2v(dit_fn, text, init, options=opts, noise=noise, on_unit=on_unit, stats=stats)
                     if per_job and isinstance(model, GraphedDiT):
                         model.clear()  # the DiT leaves the GPU: its graphs go with it
                 _sync()
@@ -305,6 +314,13 @@ def cmd_full(args: argparse.Namespace) -> int:
             peak_decode = mem.peak()
             peak = max(peak_sampling, peak_decode)
             totals.append(t2 - t0)
+            dist = None
+            if rep == 0 and phase == "as given":
+                exact_first = lat.detach().float().cpu()
+            elif rep == 0 and exact_first is not None:  # same noise and text as the first exact run
+                from generation.models.attention import rel_l2
+
+                dist = round(rel_l2(lat.detach().float().cpu(), exact_first), 5)
             print(f"run {rep}: {args.model} {args.variant} temp={args.temp} total {t2 - t0:.1f}s "
                   f"(sampling{'+stream decode' if stream else ''} {t1 - t0:.1f}s, final decode {t2 - t1:.1f}s) "
                   f"frames {frames.shape} peak {peak:.2f} GiB (sampling {peak_sampling:.2f}, final decode "
@@ -320,7 +336,9 @@ def cmd_full(args: argparse.Namespace) -> int:
                               "peak_reserved_gib": round(mem.peak_reserved(), 3),
                               "peak_sampling_gib": round(peak_sampling, 3), "peak_decode_gib": round(peak_decode, 3),
                               "weights_gib": round(weights, 3), "planned_need_gib": planned_gib,
-                              "kernels_off": sorted(args.off), "device": mem.name(),
+                              "kernels_off": sorted(args.off), "step_cache": opts.step_cache,
+                              "dit_calls": stats.get("dit_calls"), "reused_steps": stats.get("reused_steps"),
+                              "rel_l2_vs_exact_first": dist, "device": mem.name(),
                               "torch": torch.__version__}))  # fmt: skip
         warm = totals[1:] or totals
         print(json.dumps({"bench": "full_summary", "model": args.model, "variant": args.variant, "temp": args.temp,
@@ -581,6 +599,8 @@ def main(argv: list[str] | None = None) -> int:
             p.add_argument("--tiny-models", action="store_true", help="dry run with the tiny models (no GPU needed)")
             p.add_argument("--side-stream", action="store_true", help="streamed decode on its own CUDA stream")
             p.add_argument("--no-fuse", action="store_true", help="keep the q/k/v (and MLP-in) projections separate")
+            p.add_argument("--step-cache", type=float, default=0.0,
+                           help="then the same runs with step caching at this threshold (time, distance from exact)")
             p.add_argument("--ab-off", action="store_true",
                            help="then, in the same process, the same runs with the hand-written kernels off")
             p.add_argument("--prewarm", action="store_true",

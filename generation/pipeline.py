@@ -222,6 +222,12 @@ class PyramidFlowGenerator:
     def label(self) -> str:
         return self.c.label
 
+    def _label(self, timings: dict[str, float]) -> str:
+        """The video's label for its caption: the model's, plus a note when steps reused a velocity."""
+        if timings.get("reused_steps"):
+            return "；".join(p for p in (self.c.label, STEP_CACHE_NOTE) if p)
+        return self.c.label
+
     def supports(self, resolution: str) -> bool:
         return self.c.supports(resolution)
 
@@ -281,6 +287,7 @@ class PyramidFlowGenerator:
             video_guidance_scale=float(video_guidance),
             use_linear_guidance=s.use_linear_guidance,
             latent_dtype=latent_dtype,
+            step_cache=s.step_cache,
         )
         return Job(prompt=prompt, negative_prompt=request.negative_prompt, width=width, height=height, temp=temp,
                    seed=int(request.seed), image=image, options=options)
@@ -329,7 +336,7 @@ class PyramidFlowGenerator:
         return GenerationResult(
             video_path=video_path, cover_path=cover_path, seconds=timings["total_s"],
             frames=int(frames.shape[0]), width=int(frames.shape[2] - frames.shape[2] % 2),
-            height=int(frames.shape[1] - frames.shape[1] % 2), label=self.c.label, extra=timings,
+            height=int(frames.shape[1] - frames.shape[1] % 2), label=self._label(timings), extra=timings,
         )
 
     def render(self, job: Job, *, noise: NoiseSource, progress: ProgressFn | None = None,
@@ -394,16 +401,17 @@ class PyramidFlowGenerator:
                 def on_unit(_k: int, x: torch.Tensor) -> None:
                     stream.push(x)
 
+            stats: dict[str, int] = {}
             with self.placement.use(c.dit):
                 try:
                     if image_latent is None:
                         latents = sample_t2v(self.dit, text, init, options=job.options, noise=noise,
                                              schedule=self.schedule, progress=report, should_cancel=cancel,
-                                             on_unit=on_unit)
+                                             on_unit=on_unit, stats=stats)
                     else:
                         latents = sample_i2v(self.dit, text, image_latent, init, options=job.options, noise=noise,
                                              schedule=self.schedule, progress=report, should_cancel=cancel,
-                                             on_unit=on_unit)
+                                             on_unit=on_unit, stats=stats)
                 finally:
                     if self._graphs_per_job and isinstance(self.dit, GraphedDiT):
                         self.dit.clear()  # before the DiT leaves the GPU: the graphs hold its addresses
@@ -420,7 +428,13 @@ class PyramidFlowGenerator:
                     frames = decode_to_frames(c.vae, latents, self.norm, tiling=self.decode_tile is not None,
                                               dtype=c.dtype, tile_size=self.decode_tile)
         t_decode = time.perf_counter()
-        return frames, {"text_s": t_text - t0, "sample_s": t_sample - t_text, "decode_s": t_decode - t_sample}
+        return frames, {"text_s": t_text - t0, "sample_s": t_sample - t_text, "decode_s": t_decode - t_sample,
+                        "dit_calls": float(stats.get("dit_calls", 0)),
+                        "reused_steps": float(stats.get("reused_steps", 0))}  # fmt: skip
+
+
+# caption note of a video made with `step_cache` (the pictures differ a little from every step computed)
+STEP_CACHE_NOTE = "加速模式：部分步骤复用上一步结果"
 
 
 def build_components(settings: GenerationSettings) -> PipelineComponents:

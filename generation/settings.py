@@ -56,6 +56,10 @@ class GenerationSettings(BaseModel):
     # set of graphs serves every prompt of a bucket (the text keys are attended apart and merged exactly).
     # Same velocity (tests/test_dit_fast_paths.py). Measured: 14.2 s a video in a bucket seen before.
     text_bucket: int = Field(default=32, ge=0)
+    # Opt-in step caching (`SamplerOptions.step_cache`): 0 = off, every step computed (the default, exact).
+    # E.g. 0.05: a step reuses the last velocity when it changed by less than 5 %; faster, slightly different
+    # pictures, and the caption says so. See benchmarks/RESULTS.md for what it saves and changes.
+    step_cache: float = Field(default=0.0, ge=0.0, le=0.5)
     attention_backend: AttentionBackend = "prefix"  # exact per-time-group attention, or the dense mask
     bit_faithful_bf16: bool = True  # round latents/timesteps to the model dtype like the reference
 

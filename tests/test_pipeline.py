@@ -243,3 +243,51 @@ def test_text_bucket_gives_the_same_video() -> None:
                            noise=GeneratorNoise(4))  # fmt: skip
     diff = np.abs(a.astype(int) - b.astype(int))
     assert a.shape == b.shape and diff.max() <= 1 and (diff > 0).mean() < 1e-3
+
+
+def test_step_cache_is_off_by_default_and_when_on_reuses_steps_and_says_so(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    import numpy as np
+
+    from generation.api import GenerationRequest
+    from generation.pipeline import STEP_CACHE_NOTE, build_generator
+    from generation.sampling.noise import GeneratorNoise
+    from generation.sampling.pyramid import StepCache
+    from generation.settings import GenerationSettings
+
+    exact = build_generator(GenerationSettings())
+    req = GenerationRequest(prompt="a boat on a lake", seed=3, temp=3, num_inference_steps=(6, 6, 6),
+                            video_num_inference_steps=(5, 5, 5))
+    job = exact.validate(req)
+    assert job.options.step_cache == 0.0
+    frames_exact, t_exact = exact.render(job, noise=GeneratorNoise(3))
+    assert t_exact["reused_steps"] == 0 and t_exact["dit_calls"] == (
+        sum(job.options.first_frame_steps) + sum(job.options.video_steps) * (job.temp - 1))
+    assert STEP_CACHE_NOTE not in exact._label(t_exact)
+
+    fast = build_generator(GenerationSettings(step_cache=0.5))  # a loose threshold: reuses wherever the rule may
+    job2 = fast.validate(req)
+    frames_fast, t_fast = fast.render(job2, noise=GeneratorNoise(3))
+    assert t_fast["reused_steps"] > 0
+    assert t_fast["dit_calls"] + t_fast["reused_steps"] == t_exact["dit_calls"]
+    assert frames_fast.shape == frames_exact.shape and not np.array_equal(frames_fast, frames_exact)
+    assert STEP_CACHE_NOTE in fast._label(t_fast)
+
+    # the rule itself: never the first or last step of a stage, never two reuses in a row
+    cache = StepCache(5.0)
+    cache.start_stage()
+    pattern = []
+    import torch
+
+    for i in range(8):
+        v = cache.reuse(i, 8)
+        pattern.append(v is not None)
+        if v is None:
+            cache.computed(torch.full((2,), float(i + 1)))
+    assert pattern == [False, False, True, False, True, False, True, False]
+    assert cache.calls == 5 and cache.reused == 3
+    strict = StepCache(0.01)  # the velocity changes by far more than 1 % per step here: every step computed
+    strict.start_stage()
+    for i in range(8):
+        assert strict.reuse(i, 8) is None
+        strict.computed(torch.full((2,), float(i + 1)))
+    assert strict.reused == 0

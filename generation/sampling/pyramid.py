@@ -67,6 +67,11 @@ class SamplerOptions:
     linear_guidance_alpha: float = 0.5
     min_guidance_scale: float = 2.0
     latent_dtype: torch.dtype | None = None  # None → the model dtype (bf16-faithful rounding of latents/timesteps)
+    # Opt-in step caching (0 = off, the exact path): inside a stage, a step may reuse the previous step's
+    # velocity instead of calling the DiT when the velocity changed by less than this (relative mean
+    # absolute change between the last two computed steps). Never two reuses in a row, never on a stage's
+    # first or last step. Faster, not exact: the caller labels such videos.
+    step_cache: float = 0.0
 
 
 # --------------------------------------------------------------------------- pyramid helpers
@@ -153,6 +158,46 @@ class _Plan:
     steps: list[tuple[int, ...]]  # per generated unit, per stage
     guidance: list[float]
     total_steps: int
+    step_cache: float = 0.0
+
+
+class StepCache:
+    """The opt-in step caching rule of `SamplerOptions.step_cache` (a rule of our own, in the spirit of
+    TeaCache): after two computed steps of a stage, the relative mean absolute change of the velocity between
+    them predicts the next one; below the threshold the next step reuses the last velocity. A reuse is
+    followed by a computed step, and a stage's first and last steps are always computed. One host read per
+    computed step (the change), so it costs a device sync there."""
+
+    def __init__(self, threshold: float) -> None:
+        self.threshold = float(threshold)
+        self.calls = 0  # DiT calls made
+        self.reused = 0  # steps that reused a velocity
+        self._last: torch.Tensor | None = None
+        self._change: float | None = None
+        self._reused_last = False
+
+    def start_stage(self) -> None:
+        self._last, self._change, self._reused_last = None, None, False
+
+    def reuse(self, step: int, steps: int) -> torch.Tensor | None:
+        """The velocity to reuse at this step, or None (call the DiT)."""
+        if (self.threshold <= 0 or self._last is None or self._change is None or self._reused_last
+                or step == 0 or step == steps - 1 or self._change >= self.threshold):  # fmt: skip
+            self._reused_last = False
+            return None
+        self._reused_last = True
+        self.reused += 1
+        return self._last
+
+    def computed(self, v: torch.Tensor) -> None:
+        self.calls += 1
+        if self.threshold <= 0:
+            return
+        vf = v.detach().float()
+        if self._last is not None:
+            prev = self._last.float()
+            self._change = float((vf - prev).abs().mean() / prev.abs().mean().clamp_min(1e-12))
+        self._last = v.detach()
 
 
 def _model_dtype(dit: DiTFn) -> torch.dtype:
@@ -177,10 +222,12 @@ def _run_units(
     should_cancel: CancelFn | None,
     on_unit: UnitFn | None,
     on_stage: StageFn | None,
+    stats: dict[str, int] | None = None,
 ) -> list[torch.Tensor]:
     device = unit_noise.device
     num_units = len(plan.steps)
     generated: list[torch.Tensor] = []
+    cache = StepCache(plan.step_cache)
     done_steps = 0
     enc = text.prompt_embeds.to(device=device, dtype=model_dtype)
     mask = text.attention_mask.to(device)
@@ -199,15 +246,20 @@ def _run_units(
             history = [torch.cat([c, c], dim=0) if text.cfg else c for c in pyramid.clips_for_stage(s)]
             history = [c.to(model_dtype) for c in history]
             deltas = steps.deltas()
-            for i in range(len(steps.timesteps)):
+            cache.start_stage()
+            n_steps = len(steps.timesteps)
+            for i in range(n_steps):
                 if should_cancel is not None and should_cancel():
                     raise GenerationCancelled(f"cancelled at unit {k} stage {s} step {i + 1}")
-                x_in = torch.cat([x, x], dim=0) if text.cfg else x
-                t = ts[i].expand(x_in.shape[0])
-                v = dit(history + [x_in.to(model_dtype)], enc, mask, pooled, t)
-                if text.cfg:
-                    v_neg, v_pos = v.chunk(2)
-                    v = v_neg + g * (v_pos - v_neg)
+                v = cache.reuse(i, n_steps)
+                if v is None:
+                    x_in = torch.cat([x, x], dim=0) if text.cfg else x
+                    t = ts[i].expand(x_in.shape[0])
+                    v = dit(history + [x_in.to(model_dtype)], enc, mask, pooled, t)
+                    if text.cfg:
+                        v_neg, v_pos = v.chunk(2)
+                        v = v_neg + g * (v_pos - v_neg)
+                    cache.computed(v)
                 x = (x.to(torch.float32) + deltas[i] * v.to(torch.float32)).to(latent_dtype)
                 done_steps += 1
                 if progress is not None:
@@ -227,6 +279,8 @@ def _run_units(
         generated.append(x)
         if on_unit is not None:
             on_unit(k, x)
+    if stats is not None:
+        stats["dit_calls"], stats["reused_steps"] = cache.calls, cache.reused
     return generated
 
 
@@ -252,6 +306,7 @@ def sample_t2v(
     should_cancel: CancelFn | None = None,
     on_unit: UnitFn | None = None,
     on_stage: StageFn | None = None,
+    stats: dict[str, int] | None = None,
 ) -> torch.Tensor:
     """Text-to-video. initial_noise: [B, C, temp, h/4, w/4] (from prepare_initial_noise).
     Returns the model-space latents [B, C, temp, h, w]."""
@@ -264,12 +319,13 @@ def sample_t2v(
         steps=steps,
         guidance=_guidance_list(options, list(range(temp)), [True] + [False] * (temp - 1)),
         total_steps=sum(sum(s) for s in steps),
+        step_cache=options.step_cache,
     )
     pyramid = HistoryPyramid(schedule.num_stages)
     frames = _run_units(
         dit, text, pyramid, initial_noise, plan,
         schedule=schedule, noise=noise, latent_dtype=latent_dtype, model_dtype=model_dtype,
-        progress=progress, should_cancel=should_cancel, on_unit=on_unit, on_stage=on_stage,
+        progress=progress, should_cancel=should_cancel, on_unit=on_unit, on_stage=on_stage, stats=stats,
     )
     return torch.cat(frames, dim=2)
 
@@ -287,6 +343,7 @@ def sample_i2v(
     should_cancel: CancelFn | None = None,
     on_unit: UnitFn | None = None,
     on_stage: StageFn | None = None,
+    stats: dict[str, int] | None = None,
 ) -> torch.Tensor:
     """Image-to-video. image_latent: model-space first frame [B, C, 1, h, w]; initial_noise drawn for all
     temp frames (the last one is unused, as in the reference). Every generated unit uses
@@ -301,6 +358,7 @@ def sample_i2v(
         steps=steps,
         guidance=_guidance_list(options, list(range(1, temp)), [False] * n_gen),
         total_steps=max(1, sum(sum(s) for s in steps)),
+        step_cache=options.step_cache,
     )
     pyramid = HistoryPyramid(schedule.num_stages)
     first = image_latent.to(latent_dtype)
@@ -308,6 +366,6 @@ def sample_i2v(
     frames = _run_units(
         dit, text, pyramid, initial_noise, plan,
         schedule=schedule, noise=noise, latent_dtype=latent_dtype, model_dtype=model_dtype,
-        progress=progress, should_cancel=should_cancel, on_unit=on_unit, on_stage=on_stage,
+        progress=progress, should_cancel=should_cancel, on_unit=on_unit, on_stage=on_stage, stats=stats,
     )
     return torch.cat([first] + frames, dim=2)
