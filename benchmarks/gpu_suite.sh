@@ -118,10 +118,12 @@ round2b)  # 2026-12-06: kernel kinds per layout with the new kernels, sd3 as con
   run_step product_path 140 -m benchmarks.product_path --jobs 4 --no-content-check
   step flux384_step_cache 120 full --model pyramid_flux --graphs --stream --side-stream --planner --repeat 2 --vary-text --text-bucket 32 --prewarm --compile --step-cache 0.1
   ;;
-round2c)  # 2026-12-06: the memory caps with the new kernels and the graphs captured ahead
+round2c)  # 2026-12-06: the norm/RoPE kernel's pairs split in registers: the default config again, then step
+  # caching in the same process; the product path; the 8 GiB cap with the graphs captured ahead
   export TORCHINDUCTOR_CACHE_DIR="$out/cc/inductor" TRITON_CACHE_DIR="$out/cc/triton"
-  step flux384_cap8_planner 150 full --model pyramid_flux --graphs --stream --side-stream --planner --mem-cap-gib 8 --repeat 2 --prewarm --compile
-  step flux384_cap4p5_planner_graphs 140 full --model pyramid_flux --graphs --offload-graphs --stream --planner --mem-cap-gib 4.5 --repeat 1
+  step flux384_default_step_cache 180 full --model pyramid_flux --graphs --stream --side-stream --planner --repeat 3 --vary-text --text-bucket 32 --prewarm --compile --step-cache 0.1
+  run_step product_path 140 -m benchmarks.product_path --jobs 4 --no-content-check
+  step flux384_cap8_planner 130 full --model pyramid_flux --graphs --stream --side-stream --planner --mem-cap-gib 8 --repeat 2 --prewarm --compile
   ;;
 768)
   step flux768_t31_fast 420 full --model pyramid_flux --variant 768p --temp 31 --graphs --stream --side-stream --planner --per-call --repeat 1 $(fast)

@@ -122,8 +122,9 @@ def build_generator(args: argparse.Namespace):  # type: ignore[no-untyped-def]
     return gen
 
 
-def app_settings(root: Path) -> Settings:
+def app_settings(root: Path, *, content_check: bool = True) -> Settings:
     return Settings.model_validate({
+        "content_check": {"enabled": content_check},
         "storage": {"db_path": str(root / "bench.db")},
         "bot": {"data_dir": str(root / "data"), "flood_user_max": 1000, "image_caption_wait_s": 0},
         "quota": {"daily": 1000},
@@ -133,7 +134,7 @@ def app_settings(root: Path) -> Settings:
 
 
 async def measure(args: argparse.Namespace, root: Path) -> list[dict[str, float]]:
-    settings = app_settings(root)
+    settings = app_settings(root, content_check=not args.no_content_check)
     generator = TimedGenerator(build_generator(args))
     channel = LocalChannel(clock=time.perf_counter)
     app = App(settings, channel, run_worker=False)  # the worker is the thread below

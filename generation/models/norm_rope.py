@@ -102,21 +102,19 @@ if triton is not None:
         d = tl.arange(0, D)
         src = b_.to(tl.int64) * sxb + l_.to(tl.int64) * sxl + h.to(tl.int64) * sxh
         m2 = ok[:, None]
+        # one contiguous (vectorised) load per row; the pairs are split in registers, not loaded again
         xf = tl.load(x_ptr + src[:, None] + d[None, :], mask=m2, other=0.0).to(tl.float32)
         inv = tl.rsqrt(tl.sum(xf * xf, axis=1) / D + eps)
         w = tl.load(w_ptr + d).to(tl.float32)
         y = _round(xf * inv[:, None] * w[None, :], IS_BF16)
         if HAS_ROPE:
-            dp = d ^ 1  # the other member of the pair
-            xp = tl.load(x_ptr + src[:, None] + dp[None, :], mask=m2, other=0.0).to(tl.float32)
-            wp = tl.load(w_ptr + dp).to(tl.float32)
-            yp = _round(xp * inv[:, None] * wp[None, :], IS_BF16)
-            pos = (l_ + t0).to(tl.int64) * D
-            half = (d // 2) * 2
-            c = tl.load(t_ptr + pos[:, None] + half[None, :], mask=m2, other=0.0)
-            s = tl.load(t_ptr + pos[:, None] + half[None, :] + 1, mask=m2, other=0.0)
-            sign = tl.where((d % 2) == 1, 1.0, -1.0)
-            y = _round(y * c + sign[None, :] * (yp * s), IS_BF16)
+            pos = (l_ + t0).to(tl.int64) * D  # the table row of this token: D/2 (cos, sin) pairs, contiguous
+            cs = tl.load(t_ptr + pos[:, None] + d[None, :], mask=m2, other=0.0)
+            c, s = tl.split(tl.reshape(cs, (BLOCK_R, D // 2, 2)))
+            y0, y1 = tl.split(tl.reshape(y, (BLOCK_R, D // 2, 2)))
+            r0 = _round(y0 * c - y1 * s, IS_BF16)
+            r1 = _round(y0 * s + y1 * c, IS_BF16)
+            y = tl.reshape(tl.join(r0, r1), (BLOCK_R, D))
         dst = ((b_.to(tl.int64) * out_seq + out_l0 + l_) * heads + h) * D
         tl.store(out_ptr + dst[:, None] + d[None, :], y.to(out_ptr.dtype.element_ty), mask=m2)
 
