@@ -121,9 +121,9 @@ round2b)  # 2026-12-06: kernel kinds per layout with the new kernels, sd3 as con
 round2c)  # 2026-12-06: the norm/RoPE kernel's pairs split in registers: the default config again, then step
   # caching in the same process; the product path; the 8 GiB cap with the graphs captured ahead
   export TORCHINDUCTOR_CACHE_DIR="$out/cc/inductor" TRITON_CACHE_DIR="$out/cc/triton"
-  step flux384_default_step_cache 180 full --model pyramid_flux --graphs --stream --side-stream --planner --repeat 3 --vary-text --text-bucket 32 --prewarm --compile --step-cache 0.1
-  run_step product_path 140 -m benchmarks.product_path --jobs 4 --no-content-check
-  step flux384_cap8_planner 130 full --model pyramid_flux --graphs --stream --side-stream --planner --mem-cap-gib 8 --repeat 2 --prewarm --compile
+  step flux384_default_step_cache 170 full --model pyramid_flux --graphs --stream --side-stream --planner --repeat 3 --vary-text --text-bucket 32 --prewarm --compile --step-cache 0.1
+  run_step product_path 120 -m benchmarks.product_path --jobs 4 --no-content-check
+  step flux384_cap8_planner 100 full --model pyramid_flux --graphs --stream --side-stream --planner --mem-cap-gib 8 --repeat 2 --prewarm --compile
   ;;
 768)
   step flux768_t31_fast 420 full --model pyramid_flux --variant 768p --temp 31 --graphs --stream --side-stream --planner --per-call --repeat 1 $(fast)
