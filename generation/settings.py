@@ -36,7 +36,7 @@ class GenerationSettings(BaseModel):
     stream_decode: bool | None = None
     decode_side_stream: bool = True  # run that streamed decode on its own CUDA stream (overlaps the DiT)
     # run the DiT blocks under torch.compile (fused elementwise kernels). The worker compiles at start-up
-    # (30-55 s on an H200) and falls back to eager if compiling fails. Needs Triton (CUDA) or a C++
+    # (25-40 s on an H100) and falls back to eager if compiling fails. Needs Triton (CUDA) or a C++
     # compiler (CPU). "auto": on CUDA devices only (H200, miniflux 384p: 12.93 -> 10.81 s a video).
     compile_dit: bool | Literal["auto"] = "auto"
     # where torch.compile keeps its caches across restarts (generation/compile_cache.py); null: torch's
