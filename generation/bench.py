@@ -272,7 +272,7 @@ def cmd_full(args: argparse.Namespace) -> int:
             opts = dataclasses.replace(opts, step_cache=args.step_cache)
             print(json.dumps({"bench": "step_cache_phase", "threshold": args.step_cache}), flush=True)
         elif phase != "as given":  # the same process, the kernels off: new graphs, recompiled blocks (untimed run)
-            args.off = ["norm_rope", "gelu_epilogue", "split_out"]
+            args.off = ["norm_rope", "gelu_epilogue", "split_out", "varlen"]
             _set_kernels(dit, args.off, device, fuse=resident_dit and not args.no_fuse)
             if isinstance(model, GraphedDiT):
                 model.clear()
@@ -358,6 +358,7 @@ def _set_kernels(dit: torch.nn.Module, off: list[str], device: torch.device, *, 
     from generation.models.linear_gelu import use_gelu_epilogue
 
     dit.norm_rope_kernel = "norm_rope" not in off
+    dit.varlen_attention = "varlen" not in off
     epilogue = device.type == "cuda" and "gelu_epilogue" not in off
     use_gelu_epilogue(dit, epilogue)
     for blk in getattr(dit, "single_transformer_blocks", []):
@@ -469,10 +470,10 @@ def cmd_equal(args: argparse.Namespace) -> int:
         prefix32 = run(dit, torch.float32, torch.float32, text32)
         dit = dit.to(torch.bfloat16)
         text16 = _random_text(model_name, device, torch.bfloat16)
-        dit.norm_rope_kernel = False  # the plain torch ops
+        dit.norm_rope_kernel = dit.varlen_attention = False  # the plain torch ops and per-group attention calls
         eager16 = run(dit, torch.bfloat16, None, text16)
         graphs16 = run(GraphedDiT(dit), torch.bfloat16, None, text16)
-        dit.norm_rope_kernel = True  # the resident fast path: our kernels, fused projections
+        dit.norm_rope_kernel = dit.varlen_attention = True  # the resident fast path: our kernels, fused projections
         epilogue = device.type == "cuda"
         use_gelu_epilogue(dit, epilogue)
         fuse_projections(dit, single_mlp=not epilogue)
@@ -605,7 +606,7 @@ def main(argv: list[str] | None = None) -> int:
                            help="then, in the same process, the same runs with the hand-written kernels off")
             p.add_argument("--prewarm", action="store_true",
                            help="capture every layout's graph before the timed runs, as the worker does")
-            p.add_argument("--off", nargs="*", default=[], choices=["norm_rope", "gelu_epilogue", "split_out"],
+            p.add_argument("--off", nargs="*", default=[], choices=["norm_rope", "gelu_epilogue", "split_out", "varlen"],
                            help="turn off hand-written kernels (to measure each)")
             p.add_argument("--offload-graphs", action="store_true",
                            help="with --planner: CUDA graphs also under sequential offload (uploads captured)")

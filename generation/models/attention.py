@@ -86,6 +86,7 @@ class AttentionPlan:
     calls_all: tuple[_Call, ...]
     calls_image: tuple[_Call, ...]
     _dense: torch.Tensor | None = field(default=None, repr=False)
+    _varlen: dict[bool, VarlenSegments] = field(default_factory=dict, repr=False)  # by image_only
 
     @property
     def seq_len(self) -> int:
@@ -175,6 +176,8 @@ def build_attention_plan(
 
     plan.calls_all = calls_for(0)
     plan.calls_image = calls_for(lt)
+    if torch.device(device).type == "cuda":  # the varlen call's tensors, made now (never under capture)
+        plan._varlen = {mode: build_varlen_segments(plan, mode, device) for mode in (False, True)}
     return plan
 
 
@@ -187,6 +190,7 @@ def attend(
     *,
     image_only: bool = False,
     key_valid: torch.Tensor | None = None,
+    varlen: bool = False,
 ) -> torch.Tensor:
     """Attention under the Pyramid Flow rule.
 
@@ -194,10 +198,13 @@ def attend(
     key_valid: bool [B, L], False at text pads the plan does not cut out (its pad counts are then zero):
     every query skips those keys. Pad queries then see the valid keys, not the pads; their outputs are
     never read (no valid token attends to a pad), so every other output follows the rule exactly.
+    varlen: the prefix rule as one varlen flash call (`attend_varlen`) where it runs and was checked.
     Returns [B, H, Lq, D].
     """
     if q.is_cuda:
         with sdpa_kernel(SAFE_SDPA):
+            if varlen and backend == "prefix" and varlen_usable(q):
+                return _attend_varlen_checked(q, k, v, plan, image_only, key_valid)
             return _attend(q, k, v, plan, backend, image_only, key_valid)
     return _attend(q, k, v, plan, backend, image_only, key_valid)
 
@@ -438,6 +445,145 @@ def _attend_text_split(
     return merge_by_lse(out_img, lse_img, out_text, lse_text, into=torch.empty_like(q))
 
 
+# ---------------------------------------------------------------------------------------------------
+# The whole prefix rule in one varlen flash call
+
+
+@dataclass(frozen=True, slots=True)
+class VarlenSegments:
+    """The rule of one plan as varlen "sequences", per batch row, in order:
+
+    * the row's pad queries, keys = the pads (``[0, P)``, P the row's pad count; outputs never read),
+    * the valid text and frame 0, keys ``[P, end_0)``,
+    * each later frame τ, keys ``[P, end_τ)``.
+
+    Query segments tile each row (so the packed queries are the row-major [B·L, H, D] view itself, no copy);
+    key windows start at P and overlap, which the flash kernel allows through ``seqused_k``. With
+    ``image_only`` the queries are the image tokens only (no pad or text sequences of queries). Every tensor
+    here is made when the plan is built, outside any CUDA-graph capture; `varlen_offsets` only computes."""
+
+    q_lo: torch.Tensor  # int32 [S] query start within the row (P where `from_pads_lo`); each ends where the next starts
+    k_hi: torch.Tensor  # int32 [S] key end within the row (P where `is_pads`)
+    is_pads: torch.Tensor  # bool [S]: the pad-query sequence (keys start at 0)
+    from_pads_lo: torch.Tensor  # bool [S]: starts right after the pads (the text + frame 0 sequence)
+    row_q: torch.Tensor  # int32 [B, 1]: each row's first query in the packed layout
+    row_k: torch.Tensor  # int32 [B, 1]
+    ends: torch.Tensor  # int32 [2]: packed query and key counts (the last offsets)
+    pads: torch.Tensor  # int32 [B]: the plan's own pad counts (without a key mask)
+    max_q: int
+    max_k: int
+
+
+def build_varlen_segments(plan: AttentionPlan, image_only: bool, device: torch.device | str) -> VarlenSegments:
+    lt = plan.text_len
+    ends, acc = [], lt
+    for n in plan.frame_tokens:
+        acc += n
+        ends.append(acc)
+    starts = [e - n for e, n in zip(ends, plan.frame_tokens, strict=True)]
+    rows: list[tuple[int, int, bool, bool]] = []  # (q_lo, k_hi, is_pads, from_pads_lo)
+    if image_only:
+        rows += [(s - lt, e, False, False) for s, e in zip(starts, ends, strict=True)]
+        max_q = max(plan.frame_tokens)
+    else:
+        rows.append((0, 0, True, False))
+        rows.append((0, ends[0], False, True))
+        rows += [(s, e, False, False) for s, e in zip(starts[1:], ends[1:], strict=True)]
+        max_q = max(ends[0], max(plan.frame_tokens))
+    cols = list(zip(*rows, strict=True))
+    b, lk = plan.batch, plan.seq_len
+    lq = lk - lt if image_only else lk
+    i32 = {"dtype": torch.int32, "device": device}
+    return VarlenSegments(
+        torch.tensor(cols[0], **i32), torch.tensor(cols[1], **i32),  # type: ignore[arg-type]
+        torch.tensor(cols[2], device=device), torch.tensor(cols[3], device=device),
+        (torch.arange(b, **i32) * lq)[:, None], (torch.arange(b, **i32) * lk)[:, None],  # type: ignore[arg-type]
+        torch.tensor([b * lq, b * lk], **i32), torch.tensor(plan.pad_counts, **i32),  # type: ignore[arg-type]
+        max_q, lk,
+    )  # fmt: skip
+
+
+def varlen_segments(plan: AttentionPlan, image_only: bool, device: torch.device) -> VarlenSegments:
+    seg = plan._varlen.get(image_only)
+    if seg is None:  # plans are built with theirs; this serves plans made before (or by hand, in tests)
+        seg = plan._varlen[image_only] = build_varlen_segments(plan, image_only, device)
+    return seg
+
+
+def varlen_offsets(seg: VarlenSegments, pads: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(cu_seqlens_q [N+1], cu_seqlens_k [N+1], seqused_k [N]) for rows with ``pads`` (int32 [B] on the device;
+    device ops only, so a CUDA graph may capture it with data-dependent pad counts). Sequence i of the packed
+    layout has queries ``[cu_q[i], cu_q[i+1])`` and keys ``[cu_k[i], cu_k[i] + seqused_k[i])``."""
+    p = pads.to(torch.int32)[:, None]
+    q_lo = torch.where(seg.from_pads_lo, p, seg.q_lo)
+    k_lo = torch.where(seg.is_pads, torch.zeros_like(p), p)
+    k_hi = torch.where(seg.is_pads, p, seg.k_hi)
+    cu_q = torch.cat([(seg.row_q + q_lo).flatten(), seg.ends[:1]])
+    cu_k = torch.cat([(seg.row_k + k_lo).flatten(), seg.ends[1:]])
+    return cu_q, cu_k, (k_hi - k_lo).flatten()
+
+
+def _row_pads(plan: AttentionPlan, key_valid: torch.Tensor | None, seg: VarlenSegments) -> torch.Tensor:
+    if key_valid is None:
+        return seg.pads
+    return (plan.text_len - key_valid[:, : plan.text_len].sum(dim=1)).to(torch.int32)
+
+
+def varlen_usable(q: torch.Tensor) -> bool:
+    return _flash_lse_ok(q)
+
+
+def attend_varlen(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, plan: AttentionPlan, image_only: bool,
+                  key_valid: torch.Tensor | None) -> torch.Tensor:  # fmt: skip
+    """The prefix rule (pads, text, frame-causal image keys) as one varlen flash call, exact like the
+    per-group calls, for [B, H, L, D] views of [B, L, H, D] tensors. No mask anywhere: each (row, frame) is
+    its own sequence with its own key window; the text pads of `text_bucket` only shift the windows' starts,
+    which are computed on the device."""
+    b, h, lq, d = q.shape
+    seg = varlen_segments(plan, image_only, q.device)
+    cu_q, cu_k, used = varlen_offsets(seg, _row_pads(plan, key_valid, seg))
+
+    def packed(x: torch.Tensor) -> torch.Tensor:
+        return x.transpose(1, 2).reshape(b * x.shape[2], h, d)  # a view for the projections' layout
+
+    out = torch.ops.aten._flash_attention_forward(
+        packed(q), packed(k), packed(v), cu_q, cu_k, seg.max_q, seg.max_k, 0.0, False, False, seqused_k=used
+    )[0]
+    return out.view(b, lq, h, d).transpose(1, 2)
+
+
+# device -> whether the varlen call agreed with the per-group calls there (checked on first, eager use)
+_VARLEN: dict[str, bool] = {}
+
+
+def _attend_varlen_checked(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, plan: AttentionPlan,
+                           image_only: bool, key_valid: torch.Tensor | None) -> torch.Tensor:  # fmt: skip
+    device = str(q.device)
+    ok = _VARLEN.get(device)
+    if ok is None and (torch.cuda.is_current_stream_capturing() or len(plan.frame_tokens) < 2):
+        # undecided: the per-group calls, which need no check. The check waits for an eager call with two
+        # frames or more: only there do the key windows overlap, which is what `seqused_k` must get right
+        ok = False
+    elif ok is None:
+        ref = _attend(q, k, v, plan, "prefix", image_only, key_valid)
+        try:
+            fast = attend_varlen(q, k, v, plan, image_only, key_valid)
+            # the rows that are read: pad queries' outputs are discarded (and the two forms give them different keys)
+            read = None if image_only else (key_valid if key_valid is not None else ~plan.is_pad)
+            err = rel_l2(fast, ref) if read is None else rel_l2(fast.transpose(1, 2)[read], ref.transpose(1, 2)[read])
+            agree = bool(torch.isfinite(fast).all()) and err < 2e-2
+        except (RuntimeError, TypeError) as exc:  # an older torch without seqused_k, a kernel that refuses
+            log.warning("varlen flash attention unavailable on %s (%s): per-group calls instead", device, exc)
+            err, agree = float("nan"), False
+        _VARLEN[device] = agree
+        log.info("varlen flash attention on %s: rel err %.2e against the per-group calls -> %s", device, err,
+                 "used" if agree else "per-group calls instead")  # fmt: skip
+        return fast if agree else ref
+    if ok:
+        return attend_varlen(q, k, v, plan, image_only, key_valid)
+    return _attend(q, k, v, plan, "prefix", image_only, key_valid)
+
+
 # Under torch.compile the blocks are traced with symbolic sequence lengths, but the attention calls are
 # driven by the plan's Python ints (ranges, masks per layout). Keeping `attend` out of the traced graph
 # lets one compiled graph serve every layout; the projections, norms and RoPE around it are fused.
@@ -458,6 +604,7 @@ class AttnContext:
     compiled: bool = False  # the blocks run under torch.compile: attention stays eager (a graph break)
     key_valid: torch.Tensor | None = None  # bool [B, L]: False at text pads (DiT `text_bucket` mode)
     norm_rope: bool = False  # q/k norms, the text/image join and RoPE in one kernel where it runs (`norm_rope`)
+    varlen: bool = False  # the prefix rule as one varlen flash call where it runs (`attend_varlen`)
 
 
 def _rms_weight_eps(norm: Any) -> tuple[torch.Tensor, float] | None:
@@ -568,7 +715,7 @@ class PyramidAttnProcessor:
                 k = apply_rope(k, table, real=ctx.compiled)
         q, k, v = q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)
         o = (_attend_eager if ctx.compiled else attend)(
-            q, k, v, ctx.plan, ctx.backend, image_only=image_only, key_valid=ctx.key_valid
+            q, k, v, ctx.plan, ctx.backend, image_only=image_only, key_valid=ctx.key_valid, varlen=ctx.varlen
         )
         o = o.transpose(1, 2).reshape(b, o.shape[2], heads * d).to(hidden_states.dtype)
         if encoder_hidden_states is None:

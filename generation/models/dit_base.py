@@ -74,6 +74,8 @@ class PyramidDiTBase(nn.Module):
         # on CUDA, tanh-GELU projections with the GELU in the GEMM epilogue (`linear_gelu`); read by the
         # pipeline when it places the DiT
         self.gelu_epilogue = True
+        # on CUDA, the prefix rule as one varlen flash call per attention (`attend_varlen`), checked on first use
+        self.varlen_attention = True
 
     def compile_blocks(self, enabled: bool = True, **options: object) -> None:
         """Run the transformer blocks under `torch.compile` (exact up to floating-point reassociation by the
@@ -187,8 +189,9 @@ class PyramidDiTBase(nn.Module):
 
     def context(self, plan: ForwardPlan, key_valid: torch.Tensor | None = None) -> AttnContext:
         norm_rope = self.norm_rope_kernel and kernel_usable(plan.attention.tau.device.type)
+        varlen = self.varlen_attention and plan.attention.tau.device.type == "cuda"
         return AttnContext(plan.attention, plan.rope, self.attention_backend, self.runners.compiled, key_valid,
-                           norm_rope)  # fmt: skip
+                           norm_rope, varlen)  # fmt: skip
 
     def text_and_context(
         self, text: torch.Tensor, encoder_attention_mask: torch.Tensor, plan: ForwardPlan
