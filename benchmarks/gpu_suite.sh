@@ -118,12 +118,14 @@ round2b)  # 2026-12-06: kernel kinds per layout with the new kernels, sd3 as con
   run_step product_path 140 -m benchmarks.product_path --jobs 4 --no-content-check
   step flux384_step_cache 120 full --model pyramid_flux --graphs --stream --side-stream --planner --repeat 2 --vary-text --text-bucket 32 --prewarm --compile --step-cache 0.1
   ;;
-round2c)  # 2026-12-06: the norm/RoPE kernel's pairs split in registers: the default config again, then step
-  # caching in the same process; the product path; the 8 GiB cap with the graphs captured ahead
+round2c)  # 2026-12-06: the varlen attention and the vectorised norm/RoPE kernel checked on the GPU; the default
+  # config with them, then in the same process with every hand-written kernel off, then with step caching; the
+  # product path (ack → MP4 at the channel)
   export TORCHINDUCTOR_CACHE_DIR="$out/cc/inductor" TRITON_CACHE_DIR="$out/cc/triton"
-  step flux384_default_step_cache 170 full --model pyramid_flux --graphs --stream --side-stream --planner --repeat 3 --vary-text --text-bucket 32 --prewarm --compile --step-cache 0.1
-  run_step product_path 120 -m benchmarks.product_path --jobs 4 --no-content-check
-  step flux384_cap8_planner 100 full --model pyramid_flux --graphs --stream --side-stream --planner --mem-cap-gib 8 --repeat 2 --prewarm --compile
+  step equal 50 equal --models pyramid_flux --temp 2
+  step flux384_default_ab_cache 180 full --model pyramid_flux --graphs --stream --side-stream --planner --repeat 2 --vary-text --text-bucket 32 --prewarm --compile --ab-off --step-cache 0.1
+  grep -ho '"step_cache": [0-9.]*, "dit_calls": [0-9]*, "reused_steps": [0-9]*, "rel_l2_vs_exact_first": [0-9.e-]*' "$out/flux384_default_ab_cache.log"
+  grep -h "varlen flash\|GELU in the GEMM" "$out"/*.log | cut -c1-200
   ;;
 768)
   step flux768_t31_fast 420 full --model pyramid_flux --variant 768p --temp 31 --graphs --stream --side-stream --planner --per-call --repeat 1 $(fast)
