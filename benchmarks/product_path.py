@@ -74,7 +74,9 @@ def _full_text_encoder(model_name: str, device: torch.device, dtype: torch.dtype
     t5_cfg = T5Config(vocab_size=32128, d_model=4096, d_kv=64, d_ff=10240, num_layers=24, num_heads=64,
                       relative_attention_num_buckets=32, feed_forward_proj="gated-gelu", is_encoder_decoder=False,
                       use_cache=False, pad_token_id=0, eos_token_id=1)  # fmt: skip
-    clip_cfg = CLIPTextConfig(bos_token_id=1, eos_token_id=3, pad_token_id=3)  # CLIP-L text tower, test tokens
+    clip_cfg = CLIPTextConfig(hidden_size=768, intermediate_size=3072, num_hidden_layers=12, num_attention_heads=12,
+                              max_position_embeddings=77, projection_dim=768, bos_token_id=1, eos_token_id=3,
+                              pad_token_id=3)  # CLIP-L's text tower (pooled width 768), the test tokenizer's ids
     with torch.device(device):
         t5 = T5EncoderModel(t5_cfg).to(dtype).eval().requires_grad_(False)
         clip = CLIPTextModel(clip_cfg).to(dtype).eval().requires_grad_(False)
