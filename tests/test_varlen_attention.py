@@ -97,3 +97,42 @@ def test_segments_are_built_once_per_plan_and_mode() -> None:
     assert varlen_segments(plan, False, torch.device("cpu")) is first
     assert varlen_segments(plan, True, torch.device("cpu")) is not first
     assert first.max_q == 4 + 6 and first.max_k == 16 and first.q_lo.shape[0] == 1 + 2  # the pads, text + frame 0, frame 1
+
+
+def test_the_varlen_path_is_taken_only_after_it_agreed_on_a_call_with_two_frames(monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    import generation.models.attention as att
+
+    torch.manual_seed(2)
+    monkeypatch.setattr(att, "_VARLEN", {})
+    calls: list[str] = []
+
+    def emulated(q, k, v, plan, image_only, key_valid):  # type: ignore[no-untyped-def]
+        calls.append("varlen")
+        return _via_varlen(q, k, v, plan, image_only, key_valid)
+
+    monkeypatch.setattr(att, "attend_varlen", emulated)
+    monkeypatch.setattr(torch.cuda, "is_current_stream_capturing", lambda: False)  # a CPU build has no CUDA
+    b, h, d, lt = 2, 2, 8, 4
+
+    def inputs(frames):  # type: ignore[no-untyped-def]
+        seq = lt + sum(frames)
+        return [torch.randn(b, seq, h, d).transpose(1, 2) for _ in range(3)]
+
+    one = build_attention_plan((0, 0), lt, (6,), "cpu")
+    att._attend_varlen_checked(*inputs((6,)), one, False, None)
+    assert att._VARLEN == {} and calls == []  # one frame: no overlapping windows to check, undecided
+    two = build_attention_plan((1, 0), lt, (6, 6), "cpu")
+    q, k, v = inputs((6, 6))
+    out = att._attend_varlen_checked(q, k, v, two, False, None)
+    assert att._VARLEN == {"cpu": True} and calls == ["varlen"]
+    ref = attend(q, k, v, two, "prefix")
+    assert rel_l2(out[1], ref[1]) < 1e-5  # row 1 has no pads: every output is read
+    att._attend_varlen_checked(q, k, v, two, False, None)
+    assert calls == ["varlen", "varlen"]  # decided: no second check, the varlen call from now on
+
+    # a kernel that gets the windows wrong (here: every key of the row) is found out and never used again
+    monkeypatch.setattr(att, "_VARLEN", {})
+    monkeypatch.setattr(att, "attend_varlen", lambda q, k, v, *_a: F.scaled_dot_product_attention(q, k, v))
+    out = att._attend_varlen_checked(q, k, v, two, False, None)
+    assert att._VARLEN == {"cpu": False}
+    assert rel_l2(out[1], ref[1]) < 1e-6  # the per-group calls' result was returned

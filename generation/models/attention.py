@@ -21,6 +21,11 @@ Backends:
 
 Both are exact; the plan (ranges, masks) is built once per (clip shapes, text mask) and reused.
 
+On CUDA the prefix rule runs as one varlen flash call per attention instead (`attend_varlen`): every (row,
+temporal group) is a sequence of the packed layout with its own key window, so nothing is masked, however
+small the frames and whatever the text pads. It is checked against the per-group calls on the first eager call
+with two frames or more on each device, and the per-group calls stay where it disagrees or cannot run.
+
 With a key mask on the text (the DiT's ``text_bucket`` mode, where pads stay in the sequence so that one
 CUDA graph serves a whole bucket of prompt lengths), the prefix backend attends the text keys apart, in one
 masked call for all queries, and each group's image keys in unmasked (flash) calls; the two parts are
