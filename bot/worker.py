@@ -87,6 +87,7 @@ def build_worker_generator(settings: WorkerConfig) -> VideoGenerator:
 
     finisher = VideoFinisher.from_settings(getattr(settings, "labels", None), getattr(settings, "content_check", None))
     finisher.check_ready()  # no CJK font: fail at start, never draw boxes
+    finisher.warm()  # the NSFW model now, not in the first user's video
     generator.finisher = finisher  # type: ignore[attr-defined]
     return generator
 

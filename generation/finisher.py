@@ -62,6 +62,16 @@ class VideoFinisher:
         if self.labels.visible:
             self.overlay.font()
 
+    def warm(self) -> None:
+        """Load what the first video would otherwise wait for: the content check's model (onnxruntime and the
+        classifier, about 0.3 s on a small CPU). A failure here is left to that video, which reports it."""
+        load = getattr(getattr(self.checker, "classifier", None), "load", None)
+        if callable(load):
+            try:
+                load()
+            except Exception as exc:  # noqa: BLE001 — reported where it matters, on the first check
+                log.warning("content check model not loaded ahead (%s); the first video loads it", exc)
+
     def finish(self, frames: np.ndarray, video_path: Path, cover_path: Path, *, fps: int,
                produce_id: str | None = None, log_extra: dict[str, Any] | None = None) -> FinishedVideo:
         produce_id = produce_id or new_produce_id()

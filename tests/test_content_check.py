@@ -274,3 +274,28 @@ def test_real_open_nsfw_model_scores_harmless_pictures_low_offline(monkeypatch: 
     again = OpenNsfwClassifier(threads=2).scores([beach])[0]
     assert again == pytest.approx(image.score, abs=1e-6)
     assert cc._load.cache_info().misses - misses <= 1  # loaded once per process, shared
+
+
+def test_finisher_warm_loads_the_check_model_ahead_and_never_raises() -> None:
+    from generation.content_check import ContentChecker
+    from generation.finisher import VideoFinisher
+
+    class Classifier:
+        def __init__(self, fail: bool) -> None:
+            self.loads, self.fail = 0, fail
+
+        def load(self) -> None:
+            self.loads += 1
+            if self.fail:
+                raise RuntimeError("model file missing")
+
+        def scores(self, images):  # type: ignore[no-untyped-def]
+            return [0.0 for _ in images]
+
+    ok = Classifier(fail=False)
+    VideoFinisher(checker=ContentChecker(classifier=ok)).warm()
+    assert ok.loads == 1
+    broken = Classifier(fail=True)
+    VideoFinisher(checker=ContentChecker(classifier=broken)).warm()  # logged; the first video reports it
+    assert broken.loads == 1
+    VideoFinisher().warm()  # no check configured: nothing to load

@@ -82,6 +82,7 @@ class GenerationActor:
             None if labels is None else LabelSettings.model_validate(labels),
             None if content_check is None else ContentCheckSettings.model_validate(content_check))
         finisher.check_ready()  # no CJK font: fail at start, never draw boxes
+        finisher.warm()  # the NSFW model now, not in the first user's video
         self.generator.finisher = finisher  # type: ignore[attr-defined]
         warm_up = getattr(self.generator, "warm_up", None)
         if callable(warm_up):
