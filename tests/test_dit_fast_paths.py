@@ -277,3 +277,27 @@ def test_prewarm_visits_every_layout_of_the_default_video_once_and_never_fails_t
 
     inner.forward = broken  # type: ignore[method-assign]
     assert gen.prewarm() >= 0.0  # logged; the first job will capture instead
+
+
+def test_attention_modules_stay_out_of_the_traced_graphs_and_come_back_on_undo() -> None:
+    import torch._dynamo
+
+    from generation.models.blocks import keep_attention_eager
+    from tests._dit_support import random_dit_inputs, tiny_dit
+
+    dit = tiny_dit("pyramid_flux", single_layers=2)
+    attn = [b.attn for b in [*dit.transformer_blocks, *dit.single_transformer_blocks]]
+    args = random_dit_inputs([5, 3], 6, [(2, 2, 4), (1, 4, 6)], seed=4)
+    with torch.no_grad():
+        eager = dit(*args)
+        torch._dynamo.reset()
+        dit.compile_blocks(True, backend="aot_eager")
+        assert all("forward" in vars(a) for a in attn)  # each wrapped once, eager
+        dit.compile_blocks(True, backend="aot_eager")  # twice: still one wrapper
+        assert all(vars(a)["_traced_forward_replaced"][0] is False for a in attn)
+        compiled = dit(*args)
+        dit.compile_blocks(False)
+        assert not any("forward" in vars(a) for a in attn)  # the class's forward again
+        again = dit(*args)
+    assert torch.equal(compiled, eager) and torch.equal(again, eager)
+    keep_attention_eager(attn, False)  # undoing what is not done changes nothing

@@ -10,7 +10,7 @@ calls them, so compiling a DiT means swapping these functions for compiled ones 
 
 Blocks are always called as modules, so hooks on them (the sequential offload's block streaming) run.
 
-Compiled with ``dynamic=True`` the sequence length is symbolic, and attention is left out of the traced
+Compiled with ``dynamic=True`` the sequence length is symbolic, and the attention modules are left out of the traced
 graph (`generation.models.attention`), so one compiled graph serves every (unit, stage) layout.
 """
 
@@ -81,6 +81,29 @@ class JoinedSingleBlock(FluxSingleTransformerBlock):
 
 def run_single_block(block: nn.Module, x: torch.Tensor, temb: torch.Tensor, kwargs: dict[str, Any]) -> torch.Tensor:
     return block(x, temb, kwargs)
+
+
+def keep_attention_eager(modules: list[nn.Module], enabled: bool = True) -> None:
+    """Keep each attention module out of the graphs `torch.compile` traces (``enabled=False`` undoes it).
+
+    Inside an attention module nothing is left for Inductor to fuse: the projections are GEMMs, the q/k norms,
+    the join and RoPE are one kernel of our own (`norm_rope`), attention is flash (`attend`), and the rest are
+    views. Traced, it was most of the compile time at start-up (each module is a graph break with frames of
+    its own, traced again for the two-stream and the single-stream calls; see benchmarks/RESULTS.md §8). Its
+    kernels are the same eagerly, and a CUDA graph replays them alike. Whatever `forward` the module has (a
+    hook's wrapper too) is the one kept eager, and put back on undo."""
+    for module in modules:
+        original = vars(module).get("_traced_forward_replaced")
+        if enabled and original is None:
+            module._traced_forward_replaced = ("forward" in vars(module), module.forward)
+            module.forward = torch.compiler.disable(module.forward)  # type: ignore[method-assign]
+        elif not enabled and original is not None:
+            had_own, forward = original
+            del module._traced_forward_replaced
+            if had_own:
+                module.forward = forward  # type: ignore[method-assign]
+            else:
+                del module.forward
 
 
 JointFn = Callable[[nn.Module, torch.Tensor, torch.Tensor, torch.Tensor, dict[str, Any]],

@@ -20,7 +20,7 @@ from generation.models.attention import (
     build_attention_plan,
     text_order,
 )
-from generation.models.blocks import BlockRunners
+from generation.models.blocks import BlockRunners, keep_attention_eager
 from generation.models.norm_rope import kernel_usable
 from generation.models.positions import TokenLayout, token_layout
 
@@ -79,8 +79,11 @@ class PyramidDiTBase(nn.Module):
 
     def compile_blocks(self, enabled: bool = True, **options: object) -> None:
         """Run the transformer blocks under `torch.compile` (exact up to floating-point reassociation by the
-        fused kernels). The first forward of each block kind compiles; see `BlockRunners.compiled_with`."""
+        fused kernels). The first forward of each block kind compiles; see `BlockRunners.compiled_with`.
+        The attention modules stay out of the traced graphs (`keep_attention_eager`)."""
         self.runners = BlockRunners.compiled_with(**options) if enabled else BlockRunners.eager()
+        blocks = [*getattr(self, "transformer_blocks", []), *getattr(self, "single_transformer_blocks", [])]
+        keep_attention_eager([b.attn for b in blocks], enabled)
 
     @property
     def compiled(self) -> bool:
